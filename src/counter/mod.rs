@@ -1,0 +1,415 @@
+//! Per-cid counters that replace `AtomicU64`, and per-cid values under a per-cid lock.
+//!
+//! A [`Counter`] is one word per cid in the process-wide [`crate::cid::Arena`]: `add`
+//! runs the `load_add_store` critical section on the caller's cid (no atomic
+//! read-modify-write, no lock, no shared cache line written), `sum` adds the words of
+//! the cids that were really used. Ten thousand counters in a process that ran 64
+//! threads on 2 CPUs hold 2 × 8 bytes each.
+//!
+//! # Migrating from `AtomicU64`
+//!
+//! | `AtomicU64` | percid |
+//! |---|---|
+//! | `fetch_add(n, Relaxed)`, result unused | [`Counter::add`]`(n)` |
+//! | `fetch_add(1, Relaxed)`, result unused | [`Counter::inc`]`()` |
+//! | `load(Relaxed)` | [`Counter::sum`]`()` (or [`Counter::approx`] when a bound will do) |
+//! | `swap(0, ..)` to read and reset | [`Counter::take`]`()` |
+//! | `fetch_sub` on a gauge | [`SignedCounter::sub`] |
+//! | `load(..) > limit` | [`Counter::compare`]`(limit)` |
+//!
+//! What does not map: a sharded counter has no single previous value, so code that
+//! *uses* the result of `fetch_add` (ticket numbers, unique ids, "am I the first")
+//! keeps its `AtomicU64`; `compare_exchange` on the total likewise. `sum` is not a
+//! snapshot: adds that run concurrently with it may or may not be included (each is
+//! included once it has returned, before `sum` starts).
+//!
+//! # Overflow
+//!
+//! Counters wrap (two's complement), in every shard and in the sum, in debug and
+//! release builds alike: nothing panics.
+
+mod per_cid;
+
+pub use per_cid::PerCid;
+
+use crate::cid::{self, Arena, StorageError, Word, Words};
+use std::cmp::Ordering as CmpOrdering;
+use std::fmt;
+use std::sync::OnceLock;
+use crate::sync::{AtomicU64, Ordering};
+
+/// Words a counter holds per cid: its value, and what the approximate total has
+/// already carried of it.
+const WORDS: usize = 2;
+const CARRIED: usize = 1;
+
+/// The shared part of every counter type: lazily allocated per-cid words, the part
+/// already taken, and the approximate total.
+struct Shards {
+    words: OnceLock<Result<Words<'static>, StorageError>>,
+    /// Raw sum at the last `take` (subtracted from every read).
+    taken: AtomicU64,
+    /// What the shards carried into the shared total (`approx`), batch by batch.
+    carried: AtomicU64,
+    /// Adds reach `carried` in steps of this; 0: no carry, `approx` sums.
+    batch: u64,
+    /// Adds that could not get per-cid storage (mmap failed) land here, so nothing
+    /// is lost and nothing panics.
+    spill: AtomicU64,
+}
+
+/// Declares a `const fn` that loom's non-const atomics turn into a plain `fn`.
+macro_rules! const_unless_loom {
+    ($(#[$m:meta])* $vis:vis fn $name:ident() -> $ty:ty $body:block) => {
+        #[cfg(not(loom))]
+        $(#[$m])* $vis const fn $name() -> $ty $body
+        #[cfg(loom)]
+        $(#[$m])* $vis fn $name() -> $ty $body
+    };
+}
+
+impl Shards {
+    const_unless_loom! {
+        fn new() -> Shards {
+            Shards {
+                words: OnceLock::new(),
+                taken: AtomicU64::new(0),
+                carried: AtomicU64::new(0),
+                batch: 0,
+                spill: AtomicU64::new(0),
+            }
+        }
+    }
+
+    fn eager(arena: &'static Arena, batch: u64) -> Result<Shards, StorageError> {
+        let mut shards = Shards::new();
+        shards.batch = batch;
+        let words = arena.alloc(WORDS)?;
+        let _ = shards.words.set(Ok(words));
+        Ok(shards)
+    }
+
+    #[inline(always)]
+    fn value(&self) -> Option<Word<'_>> {
+        match self.words.get() {
+            Some(Ok(words)) => Some(words.first()),
+            Some(Err(_)) => None,
+            None => self.value_slow(),
+        }
+    }
+
+    #[cold]
+    fn value_slow(&self) -> Option<Word<'_>> {
+        match self.words.get_or_init(|| cid::global().alloc(WORDS)) {
+            Ok(words) => Some(words.first()),
+            Err(_) => None,
+        }
+    }
+
+    #[inline(always)]
+    fn add(&self, n: u64) {
+        match self.value() {
+            Some(word) => {
+                let shard = word.add(n);
+                if self.batch != 0 {
+                    self.carry(word, shard);
+                }
+            }
+            None => {
+                self.spill.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Moves whole batches of the shard's value into the shared total. The per-cid
+    /// carried word is only ever updated with atomic compare-and-swap (never by a
+    /// section), and only to at most the shard's value.
+    #[inline]
+    fn carry(&self, value: Word<'_>, shard: cid::Shard) {
+        let Some(Ok(words)) = self.words.get() else {
+            return;
+        };
+        let (Some(v), Some(c)) = (value.at(shard), words.word(CARRIED).at(shard)) else {
+            return;
+        };
+        let pending = v.load(Ordering::Relaxed).wrapping_sub(c.load(Ordering::Relaxed));
+        if pending >= self.batch {
+            self.carry_slow(v, c);
+        }
+    }
+
+    /// Carries until the shard's uncarried remainder is below the batch, so that once
+    /// adds have returned every shard holds less than a batch uncarried.
+    #[cold]
+    fn carry_slow(&self, value: &AtomicU64, carried: &AtomicU64) {
+        loop {
+            let c = carried.load(Ordering::Relaxed);
+            let pending = value.load(Ordering::Relaxed).wrapping_sub(c);
+            // A wrapped (or signed-negative) remainder is never carried.
+            if pending < self.batch || pending > u64::MAX / 2 {
+                return;
+            }
+            let whole = pending - pending % self.batch;
+            if carried
+                .compare_exchange(c, c.wrapping_add(whole), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.carried.fetch_add(whole, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Sum of every shard and the spill, before subtracting what was taken.
+    fn raw_sum(&self) -> u64 {
+        let shards = match self.words.get() {
+            Some(Ok(words)) => words.first().sum(),
+            _ => 0,
+        };
+        shards.wrapping_add(self.spill.load(Ordering::Relaxed))
+    }
+
+    fn sum(&self) -> u64 {
+        self.raw_sum().wrapping_sub(self.taken.load(Ordering::Acquire))
+    }
+
+    /// Reads and resets: every add lands in exactly one `take` or in a later `sum`.
+    ///
+    /// Take k returns `S_k - S_{k-1}` where `S_k` is the raw sum it read; the
+    /// compare-and-swap on `taken` orders takes, and every take reads each shard after
+    /// the previous take did, so the differences telescope: an add committed between
+    /// two takes' reads of its shard is counted by the later take, once.
+    fn take(&self) -> u64 {
+        let mut prev = self.taken.load(Ordering::Acquire);
+        loop {
+            let now = self.raw_sum();
+            match self
+                .taken
+                .compare_exchange(prev, now, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return now.wrapping_sub(prev),
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+
+    /// Cids (and lanes) that may hold an uncarried remainder.
+    fn shards_seen(&self) -> u64 {
+        match self.words.get() {
+            Some(Ok(words)) => words.first().shards().count() as u64,
+            _ => 0,
+        }
+    }
+
+    fn approx(&self) -> (u64, u64) {
+        if self.batch == 0 {
+            return (self.sum(), 0);
+        }
+        let carried = self
+            .carried
+            .load(Ordering::Relaxed)
+            .wrapping_add(self.spill.load(Ordering::Relaxed));
+        let value = carried.saturating_sub(self.taken.load(Ordering::Acquire));
+        (value, self.shards_seen() * (self.batch - 1))
+    }
+
+    fn compare(&self, n: u64) -> CmpOrdering {
+        let (value, error) = self.approx();
+        if u128::from(value) + u128::from(error) < u128::from(n) {
+            CmpOrdering::Less
+        } else if u128::from(value) > u128::from(n) + u128::from(error) {
+            CmpOrdering::Greater
+        } else {
+            self.sum().cmp(&n)
+        }
+    }
+}
+
+/// A `u64` counter sharded by cid: a drop-in for `AtomicU64` used with
+/// `fetch_add(n, Relaxed)` and `load`.
+///
+/// ```
+/// use percid::Counter;
+///
+/// static REQUESTS: Counter = Counter::new();
+///
+/// std::thread::scope(|s| {
+///     for _ in 0..4 {
+///         s.spawn(|| for _ in 0..1000 { REQUESTS.inc() });
+///     }
+/// });
+/// assert_eq!(REQUESTS.sum(), 4000);
+/// ```
+pub struct Counter {
+    shards: Shards,
+}
+
+impl Counter {
+    const_unless_loom! {
+        /// A counter at zero. `const`, so it can be a `static`; its per-cid storage
+        /// is allocated on first use.
+        pub fn new() -> Counter {
+            Counter {
+                shards: Shards::new(),
+            }
+        }
+    }
+
+    /// A counter with an approximate total: see [`CounterBuilder`].
+    pub fn builder() -> CounterBuilder {
+        CounterBuilder {
+            batch: 0,
+            arena: None,
+        }
+    }
+
+    /// Adds `n` (wrapping) on the caller's cid: one rseq critical section.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.shards.add(n);
+    }
+
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.shards.add(1);
+    }
+
+    /// The total: every add that returned before this call started, and maybe some
+    /// that run concurrently. Visits only the cids the process used.
+    pub fn sum(&self) -> u64 {
+        self.shards.sum()
+    }
+
+    /// Reads and resets the counter: every add lands in exactly one `take` or in a
+    /// later [`Counter::sum`], even with adds and takes running concurrently.
+    pub fn take(&self) -> u64 {
+        self.shards.take()
+    }
+
+    /// An O(1) read and its error bound: the total lies within `value ..= value +
+    /// max_error` once concurrent adds have returned (`max_error` = cids seen ×
+    /// (batch − 1)). With no batch (the default), the exact [`Counter::sum`] and 0.
+    pub fn approx(&self) -> (u64, u64) {
+        self.shards.approx()
+    }
+
+    /// Compares the total with `n`: decided by [`Counter::approx`] when its bound
+    /// allows, by [`Counter::sum`] otherwise, so the answer is always exact.
+    pub fn compare(&self, n: u64) -> CmpOrdering {
+        self.shards.compare(n)
+    }
+}
+
+impl Default for Counter {
+    fn default() -> Self {
+        Counter::new()
+    }
+}
+
+impl fmt::Debug for Counter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Counter").field("sum", &self.sum()).finish()
+    }
+}
+
+/// Builds a [`Counter`] or [`SignedCounter`] with an approximate total.
+#[derive(Clone, Copy, Debug)]
+pub struct CounterBuilder {
+    batch: u64,
+    arena: Option<&'static Arena>,
+}
+
+impl CounterBuilder {
+    /// Each cid carries its adds into a shared total in steps of `batch`, making
+    /// [`Counter::approx`] O(1) with an error of at most (batch − 1) per cid seen.
+    /// 0 (the default) disables the carry. A carry costs one atomic add per `batch`.
+    pub fn batch(mut self, batch: u64) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// Allocates the counter's per-cid words from `arena` instead of the
+    /// process-wide one (a dedicated or node-local arena; loom models).
+    pub fn arena(mut self, arena: &'static Arena) -> Self {
+        self.arena = Some(arena);
+        self
+    }
+
+    /// A counter with its per-cid storage allocated now.
+    pub fn build(self) -> Result<Counter, StorageError> {
+        let arena = self.arena.unwrap_or_else(cid::global);
+        Ok(Counter {
+            shards: Shards::eager(arena, self.batch)?,
+        })
+    }
+
+    /// A gauge with its per-cid storage allocated now (the batch is not used:
+    /// gauges have no approximate read).
+    pub fn build_signed(self) -> Result<SignedCounter, StorageError> {
+        let arena = self.arena.unwrap_or_else(cid::global);
+        Ok(SignedCounter {
+            shards: Shards::eager(arena, 0)?,
+        })
+    }
+}
+
+/// An `i64` counter sharded by cid, for gauges (requests in flight, bytes in use).
+///
+/// ```
+/// use percid::SignedCounter;
+///
+/// let in_flight = SignedCounter::new();
+/// in_flight.add(3);
+/// in_flight.sub(5);
+/// assert_eq!(in_flight.sum(), -2);
+/// ```
+pub struct SignedCounter {
+    shards: Shards,
+}
+
+impl SignedCounter {
+    const_unless_loom! {
+        /// A gauge at zero; `const`, usable as a `static`.
+        pub fn new() -> SignedCounter {
+            SignedCounter {
+                shards: Shards::new(),
+            }
+        }
+    }
+
+    /// Adds `n` (wrapping) on the caller's cid.
+    #[inline]
+    pub fn add(&self, n: i64) {
+        self.shards.add(n as u64);
+    }
+
+    /// Subtracts `n` (wrapping) on the caller's cid.
+    #[inline]
+    pub fn sub(&self, n: i64) {
+        self.shards.add(n.wrapping_neg() as u64);
+    }
+
+    /// The total (see [`Counter::sum`]).
+    pub fn sum(&self) -> i64 {
+        self.shards.sum() as i64
+    }
+
+    /// Reads and resets (see [`Counter::take`]).
+    pub fn take(&self) -> i64 {
+        self.shards.take() as i64
+    }
+}
+
+impl Default for SignedCounter {
+    fn default() -> Self {
+        SignedCounter::new()
+    }
+}
+
+impl fmt::Debug for SignedCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedCounter")
+            .field("sum", &self.sum())
+            .finish()
+    }
+}

@@ -1,0 +1,180 @@
+//! `PerCid<T>`: one value per cid, guarded by a per-cid lock taken with an rseq
+//! compare-and-store — the "per-CPU spinlock" of the rseq work, keyed by mm_cid.
+//!
+//! Lock word states, per shard: `0` free; [`LOCKED`] held by a thread that took it
+//! with a critical section on that shard; [`VISITING`] held by a thread visiting from
+//! elsewhere (`for_each`). Only sections (and the lane lock, for lanes) move it from
+//! free to [`LOCKED`]; only the holder moves it back to free, with an atomic store,
+//! from whatever CPU it runs on by then. A holder that is preempted keeps the lock:
+//! the others on that cid spin briefly, then yield.
+
+use crate::cid::{self, Arena, Shard, StorageError, Word, Words};
+use crate::rseq::MembarrierError;
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::sync::OnceLock;
+use crate::sync::{AtomicU64, Ordering};
+
+const LOCKED: u64 = 1;
+const VISITING: u64 = 2;
+
+/// A value padded to its own cache lines (128 bytes: adjacent-line prefetch on x86).
+#[repr(align(128))]
+struct Padded<T>(UnsafeCell<T>);
+
+/// One `T` per cid, created lazily by an init closure, each behind its cid's lock.
+///
+/// ```
+/// use percid::counter::PerCid;
+///
+/// // A per-cid scratch buffer, reused by whichever thread runs on that cid.
+/// let scratch = PerCid::new(|| Vec::<u8>::with_capacity(4096)).unwrap();
+/// let len = scratch.with(|buf| {
+///     buf.clear();
+///     buf.extend_from_slice(b"hello");
+///     buf.len()
+/// });
+/// assert_eq!(len, 5);
+/// ```
+///
+/// `with` must not be nested on the same `PerCid` (the inner call waits for the
+/// lock its own thread holds, like a nested `Mutex::lock`).
+pub struct PerCid<T, F = fn() -> T> {
+    lock: Words<'static>,
+    /// Values by unit: cids first, then lanes.
+    values: Box<[OnceLock<Box<Padded<T>>>]>,
+    cids: u32,
+    init: F,
+}
+
+// SAFETY: values are only reached under their shard's lock (or with `&mut self`), so
+// sharing the `PerCid` shares `T` only by moving exclusive access between threads.
+unsafe impl<T: Send, F: Sync> Sync for PerCid<T, F> {}
+// SAFETY: moving the `PerCid` moves the `T`s and the init closure.
+unsafe impl<T: Send, F: Send> Send for PerCid<T, F> {}
+
+/// Releases a shard's lock on drop, also when the closure panics.
+struct Unlock<'a>(&'a AtomicU64);
+
+impl Drop for Unlock<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+impl<T, F: Fn() -> T> PerCid<T, F> {
+    /// A `PerCid` whose values are created by `init` on first use of each cid.
+    pub fn new(init: F) -> Result<Self, StorageError> {
+        Self::new_in(cid::global(), init)
+    }
+
+    /// A `PerCid` whose lock words come from `arena` (a dedicated arena; loom models).
+    pub fn new_in(arena: &'static Arena, init: F) -> Result<Self, StorageError> {
+        let lock = arena.alloc(1)?;
+        let units = arena.cid_capacity() as usize + arena.lanes() as usize;
+        Ok(PerCid {
+            lock,
+            values: (0..units).map(|_| OnceLock::new()).collect(),
+            cids: arena.cid_capacity(),
+            init,
+        })
+    }
+
+    fn lock_word(&self) -> Word<'_> {
+        self.lock.word(0)
+    }
+
+    fn slot(&self, shard: Shard) -> Option<&OnceLock<Box<Padded<T>>>> {
+        let unit = match shard {
+            Shard::Cid(c) => c as usize,
+            Shard::Lane(l) => self.cids as usize + l as usize,
+        };
+        self.values.get(unit)
+    }
+
+    /// Runs `f` with exclusive access to the current cid's value (created by `init`
+    /// the first time). The lock is taken with one rseq compare-and-store: no atomic
+    /// read-modify-write when uncontended.
+    #[inline]
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let word = self.lock_word();
+        let mut round = 0;
+        let shard = loop {
+            match word.compare_store(0, LOCKED) {
+                Ok(shard) => break shard,
+                Err(_) => crate::sync::backoff(&mut round),
+            }
+        };
+        // `compare_store` only reports shards it could address, so these exist.
+        let (Some(lock), Some(slot)) = (word.at(shard), self.slot(shard)) else {
+            unreachable!("a locked shard without storage");
+        };
+        let _unlock = Unlock(lock);
+        let value = slot.get_or_init(|| Box::new(Padded(UnsafeCell::new((self.init)()))));
+        // SAFETY: this thread holds the shard's lock, so no other reference to the
+        // shard's value exists until `_unlock` releases it.
+        f(unsafe { &mut *value.0.get() })
+    }
+
+    /// Visits every value created so far while other threads keep using the
+    /// `PerCid`: each shard's lock is taken from here in turn (on the rseq backend an
+    /// rseq fence per shard, tens of microseconds: for occasional statistics and
+    /// maintenance, not for hot paths).
+    pub fn for_each(&self, mut f: impl FnMut(&mut T)) -> Result<(), MembarrierError> {
+        let word = self.lock_word();
+        let shards: Vec<Shard> = word.shards().map(|(shard, _)| shard).collect();
+        for shard in shards {
+            let Some(slot) = self.slot(shard) else {
+                continue;
+            };
+            if slot.get().is_none() {
+                continue;
+            }
+            let mut round = 0;
+            while word.foreign_compare_store(shard, 0, VISITING)?.is_err() {
+                crate::sync::backoff(&mut round);
+            }
+            let Some(lock) = word.at(shard) else {
+                continue;
+            };
+            let _unlock = Unlock(lock);
+            if let Some(value) = slot.get() {
+                // SAFETY: this thread holds the shard's lock.
+                f(unsafe { &mut *value.0.get() });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T, F> PerCid<T, F> {
+    /// Every value created so far, exclusively (no other thread can hold a lock).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.values
+            .iter_mut()
+            .filter_map(|slot| slot.get_mut().map(|v| v.0.get_mut()))
+    }
+}
+
+impl<T, F> IntoIterator for PerCid<T, F> {
+    type Item = T;
+    type IntoIter = std::vec::IntoIter<T>;
+
+    /// The values created so far.
+    fn into_iter(self) -> Self::IntoIter {
+        let PerCid { values, .. } = self;
+        values
+            .into_vec()
+            .into_iter()
+            .filter_map(|slot| slot.into_inner().map(|v| v.0.into_inner()))
+            .collect::<Vec<T>>()
+            .into_iter()
+    }
+}
+
+impl<T, F> fmt::Debug for PerCid<T, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let created = self.values.iter().filter(|v| v.get().is_some()).count();
+        f.debug_struct("PerCid").field("values", &created).finish()
+    }
+}

@@ -1,0 +1,127 @@
+//! Architecture code: the thread pointer and the critical sections in `asm!`.
+//!
+//! All of the crate's `asm!` lives below this module, one file per architecture.
+//! An architecture without a file here builds with the portable backend: its
+//! [`HAS_SECTIONS`] is false and the registration layer never selects rseq.
+
+#[cfg(all(target_arch = "x86_64", not(loom)))]
+mod x86_64;
+#[cfg(all(target_arch = "x86_64", not(loom)))]
+pub(crate) use x86_64::*;
+
+/// Whether this architecture has rseq critical sections.
+#[cfg(all(target_arch = "x86_64", not(loom)))]
+pub(crate) const HAS_SECTIONS: bool = true;
+
+#[cfg(not(all(target_arch = "x86_64", not(loom))))]
+mod portable_only {
+    //! No critical sections here: the registration layer forces the portable (or,
+    //! under loom, the simulated) backend, so no thread ever has a registered area
+    //! and these are never called. Should one be, every section reports `Aborted`
+    //! and the caller takes its lane.
+
+    use super::{Cpu, PayloadArgs, Status};
+
+    pub(crate) const HAS_SECTIONS: bool = false;
+
+    /// Not used without critical sections; glibc's area is never looked up.
+    pub(crate) fn thread_pointer() -> usize {
+        0
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
+    pub(crate) unsafe fn load_add_store(_: Cpu, _: *mut u64, _: u64) -> (Status, u32) {
+        (Status::Aborted, 0)
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
+    pub(crate) unsafe fn load_cbne_store(
+        _: Cpu,
+        _: *mut u64,
+        _: u64,
+        _: u64,
+    ) -> (Status, u32, u64) {
+        (Status::Aborted, 0, 0)
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
+    pub(crate) unsafe fn list_pop(_: Cpu, _: *mut u64) -> (Status, u32, usize) {
+        (Status::Aborted, 0, 0)
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
+    pub(crate) unsafe fn list_push(_: Cpu, _: *mut u64, _: usize, _: u64) -> (Status, u32) {
+        (Status::Aborted, 0)
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
+    pub(crate) unsafe fn store_payload_commit_index(_: Cpu, _: &PayloadArgs) -> (Status, u32) {
+        (Status::Aborted, 0)
+    }
+}
+#[cfg(not(all(target_arch = "x86_64", not(loom))))]
+pub(crate) use portable_only::*;
+
+/// Where a section runs: the thread's registered area and index field, and the
+/// arena's materialised-index limit.
+#[derive(Clone, Copy)]
+pub(crate) struct Cpu {
+    /// Address of the thread's registered `struct rseq`.
+    pub area: usize,
+    /// Address of the field that indexes shards (`mm_cid` or `cpu_id`).
+    pub index: usize,
+    /// The arena's count of materialised indexes: the section fails with
+    /// `NotMaterialized` for an index at or above it.
+    pub limit: *const u32,
+}
+
+/// The operands of [`store_payload_commit_index`], read from memory inside the
+/// section (there are more of them than free registers).
+#[repr(C)]
+pub(crate) struct PayloadArgs {
+    /// Tail word in unit 0 (producers' commit target).
+    pub tail: *mut u64,
+    /// Head word in unit 0 (the consumer's position).
+    pub head: *const u64,
+    /// Word in unit 0 holding the address of the index's slot buffer (0: none yet).
+    pub buffer: *const u64,
+    /// Capacity - 1 (capacity is a power of two).
+    pub mask: u64,
+    /// Bytes per slot, a multiple of 8.
+    pub slot_bytes: u64,
+    /// The payload, `slot_bytes` readable bytes.
+    pub src: *const u8,
+}
+
+/// What one attempt of a critical section ended with, as the asm reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Status {
+    /// The committing store happened.
+    Committed = 0,
+    /// The kernel aborted the section (preemption, migration, signal).
+    Aborted = 1,
+    /// The index read inside the section is not below the arena's materialised
+    /// limit: materialise it (or fall back to a lane) and try again.
+    NotMaterialized = 2,
+    /// The section's own check failed (compare failed, list empty or full, ring
+    /// full); nothing was stored.
+    Failed = 3,
+}
+
+impl Status {
+    #[inline(always)]
+    pub(crate) fn from_raw(raw: u32) -> Status {
+        match raw {
+            0 => Status::Committed,
+            1 => Status::Aborted,
+            2 => Status::NotMaterialized,
+            _ => Status::Failed,
+        }
+    }
+}

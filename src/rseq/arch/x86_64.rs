@@ -1,0 +1,349 @@
+//! x86_64 critical sections.
+//!
+//! Each section follows the pseudocode of the same name in [`crate::rseq::spec`] and
+//! the layout of librseq's `arch/x86_64.h` (written anew here):
+//!
+//! * the descriptor (`struct rseq_cs`) goes to `__rseq_cs` (32-byte aligned), a pointer
+//!   to it to `__rseq_cs_ptr_array`, and every early exit as a `(start, exit)` pair to
+//!   `__rseq_exit_point_array`, where debuggers look for them;
+//! * the section is armed by storing the descriptor's address into the thread's
+//!   `rseq_cs` field, then reads the shard index (`mm_cid`, or `cpu_id`) *inside* the
+//!   section, so the index cannot go stale before the commit;
+//! * the last instruction of the section is the single committing store;
+//! * the abort handler lives in `__rseq_failure`, right after the 4-byte signature the
+//!   kernel checks, and jumps back to a label that reports `Aborted`.
+//!
+//! Local labels: `2` start, `3` descriptor, `4` post-commit, `5` abort handler, `6`
+//! aborted, `7` not materialised, `8` end, `9` failed, `22`/`23` loops. Labels made only
+//! of 0s and 1s would be read as binary literals by LLVM and are avoided.
+
+use super::{Cpu, PayloadArgs, Status};
+use crate::cid::UNIT_SHIFT;
+use crate::rseq::abi;
+use core::arch::asm;
+
+/// The thread pointer (`%fs` base): glibc's rseq area is at this + `__rseq_offset`.
+#[inline(always)]
+pub(crate) fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: on x86_64 Linux, `%fs:0` holds the thread pointer itself (the TCB's
+    // self pointer, as the TLS ABI requires); reading it has no side effects.
+    unsafe {
+        asm!("mov {}, qword ptr fs:[0]", out(reg) tp, options(nostack, readonly, preserves_flags))
+    };
+    tp
+}
+
+/// Everything before the section body: descriptor, pointer and exit-point entries,
+/// arming, the index read and its bound check. Leaves the index in `{idx}`.
+macro_rules! section_start {
+    () => {
+        concat!(
+            ".pushsection __rseq_cs, \"aw\"\n",
+            ".balign 32\n",
+            "3:\n",
+            ".long 0, 0\n",
+            ".quad 2f, (4f - 2f), 5f\n",
+            ".popsection\n",
+            ".pushsection __rseq_cs_ptr_array, \"aw\"\n",
+            ".quad 3b\n",
+            ".popsection\n",
+            ".pushsection __rseq_exit_point_array, \"aw\"\n",
+            ".quad 2f, 7f\n",
+            ".quad 2f, 9f\n",
+            ".popsection\n",
+            // Arm: rseq_cs = &descriptor.
+            "lea {off}, [rip + 3b]\n",
+            "mov qword ptr [{area} + {cs_field}], {off}\n",
+            "2:\n",
+            // The index is read inside the section: a migration aborts us.
+            "mov {idx:e}, dword ptr [{index}]\n",
+            "cmp {idx:e}, dword ptr [{limit}]\n",
+            "jae 7f\n",
+            // off = this index's unit offset in the arena.
+            "mov {off:e}, {idx:e}\n",
+            "shl {off}, {shift}\n",
+        )
+    };
+}
+
+/// Everything after the committing store: the status, and the abort handler.
+macro_rules! section_end {
+    () => {
+        concat!(
+            "4:\n",
+            "xor {st:e}, {st:e}\n",
+            "jmp 8f\n",
+            "6:\n",
+            "mov {st:e}, 1\n",
+            "jmp 8f\n",
+            "7:\n",
+            "mov {st:e}, 2\n",
+            "jmp 8f\n",
+            "9:\n",
+            "mov {st:e}, 3\n",
+            "8:\n",
+            ".pushsection __rseq_failure, \"ax\"\n",
+            // ud1 with the signature as its displacement: the kernel checks the 4
+            // bytes before the abort handler, and a stray jump here traps.
+            ".byte 0x0f, 0xb9, 0x3d\n",
+            ".long {sig}\n",
+            "5:\n",
+            "jmp 6b\n",
+            ".popsection\n",
+        )
+    };
+}
+
+/// `load_add_store`: `*word(idx) += v`, committed by one `add [mem], reg`.
+///
+/// Returns the status and the index the section read.
+///
+/// # Safety
+/// `cpu.area` is the calling thread's registered rseq area (registered with
+/// [`abi::SIGNATURE`]) and `cpu.index` a field of it; `cpu.limit` is readable; for
+/// every index below `*cpu.limit`, `base + (index << UNIT_SHIFT)` is a valid, 8-byte
+/// aligned word that only rseq commits write.
+#[inline(always)]
+pub(crate) unsafe fn load_add_store(cpu: Cpu, base: *mut u64, v: u64) -> (Status, u32) {
+    let st: u32;
+    let idx: u32;
+    // SAFETY: the caller guarantees the area, index field, limit and every unit word
+    // below the limit; the section writes only `rseq_cs` and that word.
+    unsafe {
+        asm!(
+            section_start!(),
+            "add qword ptr [{base} + {off}], {v}",
+            section_end!(),
+            area = in(reg) cpu.area,
+            index = in(reg) cpu.index,
+            limit = in(reg) cpu.limit,
+            base = in(reg) base,
+            v = in(reg) v,
+            idx = out(reg) idx,
+            off = out(reg) _,
+            st = lateout(reg) st,
+            cs_field = const abi::offset::RSEQ_CS,
+            shift = const UNIT_SHIFT,
+            sig = const abi::SIGNATURE,
+            options(nostack),
+        )
+    };
+    (Status::from_raw(st), idx)
+}
+
+/// `load_cbne_store`: if `*word(idx) != expect` fail with the value seen, else
+/// `*word(idx) = new` (the commit).
+///
+/// Returns the status, the index, and the value the section read.
+///
+/// # Safety
+/// As for [`load_add_store`].
+#[inline(always)]
+pub(crate) unsafe fn load_cbne_store(
+    cpu: Cpu,
+    base: *mut u64,
+    expect: u64,
+    new: u64,
+) -> (Status, u32, u64) {
+    let st: u32;
+    let idx: u32;
+    let seen: u64;
+    // SAFETY: as for `load_add_store`; the section writes only `rseq_cs` and the word.
+    unsafe {
+        asm!(
+            section_start!(),
+            "add {off}, {base}",
+            "mov {seen}, qword ptr [{off}]",
+            "cmp {seen}, {expect}",
+            "jne 9f",
+            "mov qword ptr [{off}], {new}",
+            section_end!(),
+            area = in(reg) cpu.area,
+            index = in(reg) cpu.index,
+            limit = in(reg) cpu.limit,
+            base = in(reg) base,
+            expect = in(reg) expect,
+            new = in(reg) new,
+            idx = out(reg) idx,
+            off = out(reg) _,
+            seen = out(reg) seen,
+            st = lateout(reg) st,
+            cs_field = const abi::offset::RSEQ_CS,
+            shift = const UNIT_SHIFT,
+            sig = const abi::SIGNATURE,
+            options(nostack),
+        )
+    };
+    (Status::from_raw(st), idx, seen)
+}
+
+/// `list_pop`: `head = *word(idx)`; fail when empty; `*word(idx) = node.next` (the
+/// commit). The head word packs the node's address (low 48 bits) with the list's
+/// length (high 16 bits); `node.next` is the whole packed word below it.
+///
+/// Returns the status, the index and the popped node's address.
+///
+/// # Safety
+/// As for [`load_add_store`]; moreover every node reachable from a head word is a
+/// readable, 8-byte aligned word (its link) that nobody frees while it is listed.
+#[inline(always)]
+pub(crate) unsafe fn list_pop(cpu: Cpu, base: *mut u64) -> (Status, u32, usize) {
+    let st: u32;
+    let idx: u32;
+    let node: usize;
+    // SAFETY: as above; the section reads the listed node's link and writes only
+    // `rseq_cs` and the head word.
+    unsafe {
+        asm!(
+            section_start!(),
+            "add {off}, {base}",
+            "mov {head}, qword ptr [{off}]",
+            "mov {node}, {head}",
+            "shl {node}, 16",
+            "shr {node}, 16",
+            "test {node}, {node}",
+            "jz 9f",
+            "mov {head}, qword ptr [{node}]",
+            "mov qword ptr [{off}], {head}",
+            section_end!(),
+            area = in(reg) cpu.area,
+            index = in(reg) cpu.index,
+            limit = in(reg) cpu.limit,
+            base = in(reg) base,
+            idx = out(reg) idx,
+            off = out(reg) _,
+            head = out(reg) _,
+            node = out(reg) node,
+            st = lateout(reg) st,
+            cs_field = const abi::offset::RSEQ_CS,
+            shift = const UNIT_SHIFT,
+            sig = const abi::SIGNATURE,
+            options(nostack),
+        )
+    };
+    (Status::from_raw(st), idx, node)
+}
+
+/// `list_push`: `head = *word(idx)`; fail when the list holds `max_len` nodes;
+/// `node.next = head` (speculative: the node is still private); `*word(idx) =
+/// node | (len + 1) << 48` (the commit).
+///
+/// # Safety
+/// As for [`load_add_store`]; `node` is an 8-byte aligned, writable word below 2^48
+/// owned by the caller, and `max_len` is below 2^16.
+#[inline(always)]
+pub(crate) unsafe fn list_push(
+    cpu: Cpu,
+    base: *mut u64,
+    node: usize,
+    max_len: u64,
+) -> (Status, u32) {
+    let st: u32;
+    let idx: u32;
+    // SAFETY: as above; the section writes the caller's private node, `rseq_cs` and
+    // the head word.
+    unsafe {
+        asm!(
+            section_start!(),
+            "add {off}, {base}",
+            "mov {head}, qword ptr [{off}]",
+            "mov {len}, {head}",
+            "shr {len}, 48",
+            "cmp {len}, {max}",
+            "jae 9f",
+            "mov qword ptr [{node}], {head}",
+            "inc {len}",
+            "shl {len}, 48",
+            "or {len}, {node}",
+            "mov qword ptr [{off}], {len}",
+            section_end!(),
+            area = in(reg) cpu.area,
+            index = in(reg) cpu.index,
+            limit = in(reg) cpu.limit,
+            base = in(reg) base,
+            node = in(reg) node,
+            max = in(reg) max_len,
+            idx = out(reg) idx,
+            off = out(reg) _,
+            head = out(reg) _,
+            len = out(reg) _,
+            st = lateout(reg) st,
+            cs_field = const abi::offset::RSEQ_CS,
+            shift = const UNIT_SHIFT,
+            sig = const abi::SIGNATURE,
+            options(nostack),
+        )
+    };
+    (Status::from_raw(st), idx)
+}
+
+/// `store_payload_commit_index`: `t = *tail(idx)`, `h = *head(idx)`; fail when
+/// `t - h > mask` (full); copy the payload into slot `t & mask` of the index's buffer
+/// (speculative: the slot is invisible until the tail moves); `*tail(idx) = t + 1`
+/// (the commit). `NotMaterialized` also when the index has no buffer yet.
+///
+/// # Safety
+/// As for [`load_add_store`] for the tail, head and buffer words; a non-zero buffer
+/// word points to `mask + 1` slots of `slot_bytes` bytes that, from the tail to the
+/// head + capacity, only this index's producers write; `src` is readable for
+/// `slot_bytes` bytes.
+#[inline(always)]
+pub(crate) unsafe fn store_payload_commit_index(cpu: Cpu, args: &PayloadArgs) -> (Status, u32) {
+    let st: u32;
+    let idx: u32;
+    // SAFETY: as above; the section writes one free slot of this index's buffer,
+    // `rseq_cs` and the tail word.
+    unsafe {
+        asm!(
+            section_start!(),
+            "mov {tail}, qword ptr [{args}]",
+            "add {tail}, {off}",
+            "mov {t}, qword ptr [{tail}]",
+            "mov {dst}, qword ptr [{args} + 8]",
+            "mov {dst}, qword ptr [{dst} + {off}]",
+            "mov {i}, {t}",
+            "sub {i}, {dst}",
+            "cmp {i}, qword ptr [{args} + 24]",
+            "ja 9f",
+            "mov {dst}, qword ptr [{args} + 16]",
+            "mov {dst}, qword ptr [{dst} + {off}]",
+            "test {dst}, {dst}",
+            "jz 7f",
+            "mov {i}, {t}",
+            "and {i}, qword ptr [{args} + 24]",
+            "imul {i}, qword ptr [{args} + 32]",
+            "add {dst}, {i}",
+            "mov {src}, qword ptr [{args} + 40]",
+            "xor {i:e}, {i:e}",
+            "22:",
+            "cmp {i}, qword ptr [{args} + 32]",
+            "jae 23f",
+            "mov {off}, qword ptr [{src} + {i}]",
+            "mov qword ptr [{dst} + {i}], {off}",
+            "add {i}, 8",
+            "jmp 22b",
+            "23:",
+            "inc {t}",
+            "mov qword ptr [{tail}], {t}",
+            section_end!(),
+            area = in(reg) cpu.area,
+            index = in(reg) cpu.index,
+            limit = in(reg) cpu.limit,
+            args = in(reg) args as *const PayloadArgs,
+            idx = out(reg) idx,
+            off = out(reg) _,
+            tail = out(reg) _,
+            t = out(reg) _,
+            dst = out(reg) _,
+            i = out(reg) _,
+            src = out(reg) _,
+            st = lateout(reg) st,
+            cs_field = const abi::offset::RSEQ_CS,
+            shift = const UNIT_SHIFT,
+            sig = const abi::SIGNATURE,
+            options(nostack),
+        )
+    };
+    (Status::from_raw(st), idx)
+}

@@ -1,0 +1,418 @@
+//! Who registered this thread's rseq area, and where it is.
+//!
+//! Process facts (glibc's registration, the kernel's feature size, forced modes) are
+//! read once. Each thread then resolves its own handle lazily, on its first use:
+//! glibc's area when glibc registered the thread, else an area this crate registers
+//! (and unregisters in a thread-local destructor, before that memory is freed), else
+//! the portable backend. The result is cached in two `const` thread-locals, so the
+//! fast path of every operation costs two thread-pointer-relative loads.
+
+use super::abi;
+use super::{Backend, IndexMode, Owner};
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+/// `AREA` value of a thread that has not resolved its backend yet.
+const UNRESOLVED: usize = 0;
+/// `AREA` value of a thread on the portable backend.
+const PORTABLE: usize = 1;
+/// `AREA` value of a thread on the simulated backend.
+const SIMULATED: usize = 2;
+
+thread_local! {
+    /// Address of this thread's registered rseq area, or one of the sentinels above.
+    static AREA: Cell<usize> = const { Cell::new(UNRESOLVED) };
+    /// Address of the field that indexes shards (`mm_cid`, or `cpu_id` without it).
+    static INDEX: Cell<usize> = const { Cell::new(0) };
+    /// Address of the area's `node_id` when the kernel maintains it, else 0.
+    static NODE: Cell<usize> = const { Cell::new(0) };
+    /// Why this thread is not on the rseq backend (errno of our registration attempt).
+    static SELF_ERRNO: Cell<i32> = const { Cell::new(0) };
+    /// Our own registration, unregistered when the thread's destructors run.
+    static OWNED: Cell<Option<OwnedArea>> = const { Cell::new(None) };
+}
+
+/// Facts about rseq that hold for the whole process.
+#[derive(Debug)]
+pub(crate) struct Process {
+    pub feature_size: u32,
+    pub align: u32,
+    /// glibc's `__rseq_offset` when glibc registered its threads.
+    pub glibc_offset: Option<isize>,
+    /// Active size of the registration threads use (glibc's or ours).
+    pub active_size: u32,
+    pub node_id: bool,
+    pub mm_cid: bool,
+    pub index: IndexMode,
+    /// A backend forced by `PERCID_BACKEND` (or by `cfg(loom)`), with its reason.
+    pub forced: Option<(Backend, String)>,
+    /// Number of possible CPUs: bounds `cpu_id` and `mm_cid`.
+    pub possible_cpus: u32,
+}
+
+static PROCESS: OnceLock<Process> = OnceLock::new();
+
+/// The process facts, read on first call.
+pub(crate) fn process() -> &'static Process {
+    PROCESS.get_or_init(discover)
+}
+
+fn discover() -> Process {
+    // SAFETY: getauxval has no preconditions; it returns 0 for unknown keys.
+    let feature_size = unsafe { libc::getauxval(abi::AT_RSEQ_FEATURE_SIZE) } as u32;
+    // SAFETY: as above.
+    let align = unsafe { libc::getauxval(abi::AT_RSEQ_ALIGN) } as u32;
+
+    let glibc = glibc_registration();
+    let active_size = match glibc {
+        Some((_, size)) => abi::glibc_active_size(size, feature_size),
+        None => abi::self_active_size(feature_size),
+    };
+    let node_id = active_size >= abi::NODE_ID_FEATURE_SIZE;
+    let mm_cid_available = active_size >= abi::MM_CID_FEATURE_SIZE;
+    let force_cpu_id = std::env::var("PERCID_INDEX").is_ok_and(|v| v == "cpu_id");
+    let mm_cid = mm_cid_available && !force_cpu_id;
+    let index = if mm_cid {
+        IndexMode::MmCid
+    } else {
+        IndexMode::CpuId
+    };
+
+    Process {
+        feature_size,
+        align,
+        glibc_offset: glibc.map(|(offset, _)| offset),
+        active_size,
+        node_id,
+        mm_cid,
+        index,
+        forced: forced_backend(),
+        possible_cpus: possible_cpus(),
+    }
+}
+
+fn forced_backend() -> Option<(Backend, String)> {
+    if cfg!(loom) {
+        return Some((Backend::Simulated, "cfg(loom)".into()));
+    }
+    if !super::arch::HAS_SECTIONS {
+        return Some((
+            Backend::Portable,
+            format!("no rseq critical sections for {}", std::env::consts::ARCH),
+        ));
+    }
+    match std::env::var("PERCID_BACKEND").ok()?.as_str() {
+        "portable" => Some((Backend::Portable, "PERCID_BACKEND=portable".into())),
+        "simulated" => Some((Backend::Simulated, "PERCID_BACKEND=simulated".into())),
+        _ => None,
+    }
+}
+
+/// glibc's `(__rseq_offset, __rseq_size)` when glibc registered rseq, looked up at
+/// run time so the crate links against any libc (musl, glibc < 2.35, static builds).
+fn glibc_registration() -> Option<(isize, u32)> {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no preconditions;
+    // it returns null when the symbol does not exist.
+    let size = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) };
+    // SAFETY: as above.
+    let offset = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) };
+    if size.is_null() || offset.is_null() {
+        return None;
+    }
+    // SAFETY: glibc defines `const unsigned int __rseq_size` and
+    // `const ptrdiff_t __rseq_offset`, written once before main and never again.
+    let (size, offset) = unsafe { (*(size as *const u32), *(offset as *const isize)) };
+    (size > 0).then_some((offset, size))
+}
+
+/// The number of possible CPUs (`/sys/devices/system/cpu/possible`), which bounds
+/// `cpu_id` and `mm_cid`. Never below the configured CPU count, never 0.
+fn possible_cpus() -> u32 {
+    let from_sysfs = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| parse_cpu_list_max(&s))
+        .map(|max| max + 1);
+    // SAFETY: sysconf has no preconditions.
+    let configured = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.max(1) as u32;
+    from_sysfs.unwrap_or(configured).max(configured).max(1)
+}
+
+/// The largest CPU number in a kernel CPU list such as `0-3,8-11`.
+pub(crate) fn parse_cpu_list_max(list: &str) -> Option<u32> {
+    list.trim()
+        .split(',')
+        .filter_map(|range| range.rsplit('-').next()?.trim().parse::<u32>().ok())
+        .max()
+}
+
+/// How the calling thread runs its critical sections.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ThreadBackend {
+    /// A registered area: the address of `rseq_cs` and of the index field.
+    Rseq {
+        area: usize,
+        index: usize,
+    },
+    Portable,
+    Simulated,
+}
+
+/// The calling thread's backend: two thread-local loads once resolved.
+#[cfg(not(loom))]
+#[inline(always)]
+pub(crate) fn thread_backend() -> ThreadBackend {
+    let area = AREA.get();
+    if area > SIMULATED {
+        ThreadBackend::Rseq {
+            area,
+            index: INDEX.get(),
+        }
+    } else {
+        thread_backend_slow(area)
+    }
+}
+
+#[cfg(loom)]
+loom::thread_local! {
+    /// Under loom every model thread is simulated, unless a test moved it to the
+    /// portable backend (std's thread-locals are shared by loom's threads).
+    static MODEL_PORTABLE: Cell<bool> = Cell::new(false);
+}
+
+/// Under loom: the simulated backend, or the portable one for threads moved there.
+#[cfg(loom)]
+pub(crate) fn thread_backend() -> ThreadBackend {
+    if MODEL_PORTABLE.with(Cell::get) {
+        ThreadBackend::Portable
+    } else {
+        ThreadBackend::Simulated
+    }
+}
+
+/// Moves the calling thread to the portable backend for the rest of its life (tests
+/// use it to mix backends on one structure).
+#[cfg(any(test, loom, feature = "testing"))]
+pub(crate) fn force_portable() {
+    #[cfg(loom)]
+    MODEL_PORTABLE.with(|c| c.set(true));
+    #[cfg(not(loom))]
+    {
+        let _ = thread_backend();
+        AREA.set(PORTABLE);
+        INDEX.set(0);
+        NODE.set(0);
+    }
+}
+
+#[cfg(not(loom))]
+#[cold]
+fn thread_backend_slow(area: usize) -> ThreadBackend {
+    let area = if area == UNRESOLVED {
+        resolve_thread()
+    } else {
+        area
+    };
+    match area {
+        PORTABLE | UNRESOLVED => ThreadBackend::Portable,
+        SIMULATED => ThreadBackend::Simulated,
+        area => ThreadBackend::Rseq {
+            area,
+            index: INDEX.get(),
+        },
+    }
+}
+
+/// Set (sequentially consistent) before any thread runs its first rseq section.
+static RSEQ_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether any thread of the process may have run an rseq section. Read after a
+/// sequentially consistent swap, false proves that no section read the old value.
+pub(crate) fn any_rseq_thread() -> bool {
+    RSEQ_SEEN.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Decides the calling thread's backend, once, and caches it.
+fn resolve_thread() -> usize {
+    let process = process();
+    let area = match &process.forced {
+        Some((Backend::Portable, _)) => PORTABLE,
+        Some((Backend::Simulated, _)) => SIMULATED,
+        _ => match process.glibc_offset {
+            Some(offset) => glibc_area(offset).unwrap_or(PORTABLE),
+            None => register_self(process).unwrap_or(PORTABLE),
+        },
+    };
+    if area > SIMULATED {
+        // Before the thread's first section: see `any_rseq_thread`.
+        RSEQ_SEEN.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    AREA.set(area);
+    if area > SIMULATED {
+        let field = match process.index {
+            IndexMode::MmCid => abi::offset::MM_CID,
+            IndexMode::CpuId => abi::offset::CPU_ID,
+        };
+        INDEX.set(area + field);
+        if process.node_id {
+            NODE.set(area + abi::offset::NODE_ID);
+        }
+    }
+    area
+}
+
+/// Address of the calling thread's index field (`mm_cid` or `cpu_id`), when it has a
+/// registered area: one thread-local load.
+#[cfg(not(loom))]
+#[inline(always)]
+pub(crate) fn index_field() -> Option<usize> {
+    let index = INDEX.get();
+    (index != 0).then_some(index)
+}
+
+/// Address of the calling thread's `node_id` field, when it has a registered area and
+/// the kernel maintains the field: one thread-local load.
+#[cfg(not(loom))]
+#[inline(always)]
+pub(crate) fn node_field() -> Option<usize> {
+    let node = NODE.get();
+    (node != 0).then_some(node)
+}
+
+/// glibc's area for this thread, if glibc's registration of it succeeded.
+fn glibc_area(offset: isize) -> Option<usize> {
+    let area = super::arch::thread_pointer().wrapping_add_signed(offset);
+    // SAFETY: glibc places every thread's rseq area at thread pointer + __rseq_offset,
+    // inside the thread's TCB, valid for the thread's whole life; the kernel writes
+    // cpu_id concurrently, hence the volatile read.
+    let cpu_id = unsafe { std::ptr::read_volatile((area + abi::offset::CPU_ID) as *const i32) };
+    (cpu_id >= 0).then_some(area)
+}
+
+/// An rseq area this crate registered for the current thread, in its own page so
+/// that any size and alignment the kernel asks for fits, and so that it never
+/// allocates through the global allocator.
+struct OwnedArea {
+    area: usize,
+    len: u32,
+}
+
+impl Drop for OwnedArea {
+    fn drop(&mut self) {
+        // Later destructors of this thread must not find the area any more.
+        AREA.set(PORTABLE);
+        INDEX.set(0);
+        NODE.set(0);
+        // SAFETY: unregisters the area this thread registered, with the same address,
+        // length and signature; afterwards the kernel never writes it again.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rseq,
+                self.area as *mut libc::c_void,
+                self.len,
+                abi::FLAG_UNREGISTER,
+                abi::SIGNATURE,
+            )
+        };
+        if rc == 0 {
+            // SAFETY: the page was mapped by `register_self` and the kernel no longer
+            // uses it. If unregistering failed the page is leaked rather than freed
+            // under the kernel's feet.
+            unsafe { libc::munmap(self.area as *mut libc::c_void, page_size()) };
+        }
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize
+}
+
+/// Registers an area of our own for the calling thread (nobody registered it).
+fn register_self(process: &Process) -> Option<usize> {
+    let (len, align) = abi::self_registration_layout(process.feature_size, process.align);
+    let page = page_size();
+    if align as usize > page || len as usize > page {
+        SELF_ERRNO.set(libc::EINVAL);
+        return None;
+    }
+    // The destructor must be in place before the kernel knows the area: a thread
+    // that is already running its destructors does not register at all.
+    if OWNED.try_with(|_| ()).is_err() {
+        SELF_ERRNO.set(libc::ESRCH);
+        return None;
+    }
+    // SAFETY: an anonymous private mapping of one page, checked below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        SELF_ERRNO.set(errno());
+        return None;
+    }
+    // The page is zeroed; cpu_id must read "uninitialised" until the kernel fills it.
+    // SAFETY: `map` is a fresh writable page; cpu_id is at offset 4 < page size.
+    unsafe {
+        std::ptr::write_volatile(
+            (map as usize + abi::offset::CPU_ID) as *mut i32,
+            abi::CPU_ID_UNINITIALIZED,
+        )
+    };
+    // SAFETY: registers a page-aligned (so at least `align`-aligned) area of `len`
+    // bytes that stays mapped until `OwnedArea::drop` unregisters it.
+    let rc = unsafe { libc::syscall(libc::SYS_rseq, map, len, 0, abi::SIGNATURE) };
+    if rc != 0 {
+        SELF_ERRNO.set(errno());
+        // SAFETY: the kernel refused the area, so nobody else refers to the page.
+        unsafe { libc::munmap(map, page) };
+        return None;
+    }
+    let area = map as usize;
+    OWNED.set(Some(OwnedArea { area, len }));
+    Some(area)
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Who registered the calling thread's area, and why not when nobody did.
+pub(crate) fn thread_owner() -> (Owner, Option<String>) {
+    let backend = thread_backend();
+    let process = process();
+    match backend {
+        ThreadBackend::Rseq { .. } if process.glibc_offset.is_some() => (Owner::Glibc, None),
+        ThreadBackend::Rseq { .. } => (Owner::SelfRegistered, None),
+        ThreadBackend::Portable | ThreadBackend::Simulated => {
+            if let Some((_, reason)) = &process.forced {
+                return (Owner::None, Some(reason.clone()));
+            }
+            if process.glibc_offset.is_some() {
+                return (
+                    Owner::None,
+                    Some("glibc's registration of this thread failed".into()),
+                );
+            }
+            let errno = SELF_ERRNO.get();
+            (Owner::None, Some(describe_errno(errno)))
+        }
+    }
+}
+
+fn describe_errno(errno: i32) -> String {
+    let what = match errno {
+        libc::ENOSYS => "the kernel has no rseq (older than 4.18, or running under valgrind)",
+        libc::EPERM => "rseq is forbidden here (seccomp filter)",
+        libc::EBUSY => "another library registered this thread's rseq area",
+        libc::EINVAL => "the kernel rejected the area's size or alignment",
+        libc::ESRCH => "the thread was already exiting",
+        _ => "rseq registration failed",
+    };
+    format!("{what} ({})", std::io::Error::from_raw_os_error(errno))
+}

@@ -1,0 +1,201 @@
+//! The critical sections, specified.
+//!
+//! Every operation the crate runs on a shard is one of the sections below. Each is
+//! written twice: here, as Rust over a [`Section`] (the pseudocode, executable), and in
+//! the architecture module as `asm!` with the same name. The simulated backend runs
+//! these functions with a section that can abort at every step; the portable
+//! backend runs them on a lane under the lane's lock, where they never abort.
+//!
+//! In the pseudocode, `idx` is the shard index read *inside* the section (`mm_cid`, or
+//! `cpu_id` before Linux 6.3), `word(idx)` the operation's word in that index's unit of
+//! the arena, and `commit` the single store that ends the section. Everything before
+//! the commit is invisible to other threads or harmless to repeat.
+//!
+//! | section | pseudocode | results |
+//! |---|---|---|
+//! | `load_add_store(v)` | `word(idx) += v` | committed |
+//! | `load_cbne_store(e, n)` | `if word(idx) != e { fail(seen) }; commit word(idx) = n` | committed / compare failed |
+//! | `list_pop()` | `h = word(idx); if h.node == 0 { fail }; commit word(idx) = h.node.next` | committed(node) / empty |
+//! | `list_push(n, max)` | `h = word(idx); if h.len >= max { fail }; n.next = h; commit word(idx) = n \| (h.len + 1) << 48` | committed / full |
+//! | `store_payload_commit_index(v)` | `t = tail(idx); h = head(idx); if t - h > mask { fail }; slot[t & mask] = v; commit tail(idx) = t + 1` | committed / full |
+//!
+//! Any section may also end `aborted` (the kernel, or the simulation, interrupted it
+//! before the commit: nothing is visible, retry) or `not materialised` (the index has
+//! no unit or buffer yet: the caller creates it and retries).
+
+use crate::sync::{AtomicU64, Ordering};
+
+/// The section was interrupted before its commit; nothing it did is visible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Aborted;
+
+/// Bits of a list head word that hold the first node's address.
+pub(crate) const LIST_NODE_MASK: u64 = (1 << 48) - 1;
+/// Shift of the list length in a list head word.
+pub(crate) const LIST_LEN_SHIFT: u32 = 48;
+
+/// The steps a critical section is made of. Implementations decide what an abort is.
+pub(crate) trait Section {
+    /// Reads a shared word of the section's shard.
+    fn load(&mut self, word: &AtomicU64) -> Result<u64, Aborted>;
+    /// Writes memory the caller owns and nobody sees before the commit.
+    fn store_private(&mut self, word: &AtomicU64, value: u64) -> Result<(), Aborted>;
+    /// Copies a payload into a slot nobody sees before the commit.
+    ///
+    /// # Safety
+    /// `dst` and `src` are valid for `len` bytes and do not overlap.
+    unsafe fn copy_private(
+        &mut self,
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+    ) -> Result<(), Aborted>;
+    /// The committing store: after it, the section's effect is visible.
+    fn commit(&mut self, word: &AtomicU64, value: u64) -> Result<(), Aborted>;
+}
+
+/// `word += v` (wrapping).
+pub(crate) fn load_add_store<S: Section + ?Sized>(
+    s: &mut S,
+    word: &AtomicU64,
+    v: u64,
+) -> Result<(), Aborted> {
+    let old = s.load(word)?;
+    s.commit(word, old.wrapping_add(v))
+}
+
+/// `if word != expect { fail(seen) } else { word = new }`.
+pub(crate) fn load_cbne_store<S: Section + ?Sized>(
+    s: &mut S,
+    word: &AtomicU64,
+    expect: u64,
+    new: u64,
+) -> Result<Result<(), u64>, Aborted> {
+    let seen = s.load(word)?;
+    if seen != expect {
+        return Ok(Err(seen));
+    }
+    s.commit(word, new)?;
+    Ok(Ok(()))
+}
+
+/// Pops the first node of the list whose head is `head`.
+///
+/// # Safety
+/// Every node reachable from `head` is a live `AtomicU64` (its link) that nobody frees
+/// while it is listed.
+pub(crate) unsafe fn list_pop<S: Section + ?Sized>(
+    s: &mut S,
+    head: &AtomicU64,
+) -> Result<Option<usize>, Aborted> {
+    let h = s.load(head)?;
+    let node = (h & LIST_NODE_MASK) as usize;
+    if node == 0 {
+        return Ok(None);
+    }
+    // SAFETY: a listed node is a live link word (the caller's contract).
+    let link = unsafe { &*(node as *const AtomicU64) };
+    let next = s.load(link)?;
+    s.commit(head, next)?;
+    Ok(Some(node))
+}
+
+/// Pushes `node` on the list whose head is `head`, unless it holds `max_len` nodes.
+///
+/// # Safety
+/// `node` is a live, private `AtomicU64` (the node's link) below 2^48.
+pub(crate) unsafe fn list_push<S: Section + ?Sized>(
+    s: &mut S,
+    head: &AtomicU64,
+    node: usize,
+    max_len: u64,
+) -> Result<Result<(), ()>, Aborted> {
+    let h = s.load(head)?;
+    let len = h >> LIST_LEN_SHIFT;
+    if len >= max_len {
+        return Ok(Err(()));
+    }
+    // SAFETY: the node is the caller's private link word.
+    let link = unsafe { &*(node as *const AtomicU64) };
+    s.store_private(link, h)?;
+    s.commit(head, node as u64 | ((len + 1) << LIST_LEN_SHIFT))?;
+    Ok(Ok(()))
+}
+
+/// Where [`store_payload_commit_index`] puts the payload.
+pub(crate) struct Payload<'a> {
+    pub tail: &'a AtomicU64,
+    pub head: &'a AtomicU64,
+    /// The index's slot buffer (0: not allocated yet).
+    pub buffer: &'a AtomicU64,
+    pub mask: u64,
+    pub slot_bytes: usize,
+    pub src: *const u8,
+}
+
+/// What [`store_payload_commit_index`] ended with, short of an abort.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PayloadOutcome {
+    Committed,
+    Full,
+    NoBuffer,
+}
+
+/// Copies the payload into the next free slot and publishes it by moving the tail.
+///
+/// # Safety
+/// A non-zero buffer word points to `mask + 1` slots of `slot_bytes` bytes, of which
+/// those from the tail up to head + capacity are written only by this shard's
+/// producers; `src` is readable for `slot_bytes` bytes.
+pub(crate) unsafe fn store_payload_commit_index<S: Section + ?Sized>(
+    s: &mut S,
+    p: &Payload<'_>,
+) -> Result<PayloadOutcome, Aborted> {
+    let t = s.load(p.tail)?;
+    let h = s.load(p.head)?;
+    if t.wrapping_sub(h) > p.mask {
+        return Ok(PayloadOutcome::Full);
+    }
+    let buffer = s.load(p.buffer)? as usize;
+    if buffer == 0 {
+        return Ok(PayloadOutcome::NoBuffer);
+    }
+    let dst = buffer + (t & p.mask) as usize * p.slot_bytes;
+    // SAFETY: slot `t & mask` is free (t - h <= mask) and only this shard's producers
+    // write it; the caller vouches for the buffer and the source.
+    unsafe { s.copy_private(dst as *mut u8, p.src, p.slot_bytes)? };
+    s.commit(p.tail, t.wrapping_add(1))?;
+    Ok(PayloadOutcome::Committed)
+}
+
+/// A section that never aborts: the portable backend runs it on a lane while holding
+/// the lane's lock, so plain atomic loads and stores suffice.
+pub(crate) struct Locked;
+
+impl Section for Locked {
+    #[inline]
+    fn load(&mut self, word: &AtomicU64) -> Result<u64, Aborted> {
+        Ok(word.load(Ordering::Acquire))
+    }
+    #[inline]
+    fn store_private(&mut self, word: &AtomicU64, value: u64) -> Result<(), Aborted> {
+        word.store(value, Ordering::Relaxed);
+        Ok(())
+    }
+    #[inline]
+    unsafe fn copy_private(
+        &mut self,
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+    ) -> Result<(), Aborted> {
+        // SAFETY: forwarded from the caller.
+        unsafe { core::ptr::copy_nonoverlapping(src, dst, len) };
+        Ok(())
+    }
+    #[inline]
+    fn commit(&mut self, word: &AtomicU64, value: u64) -> Result<(), Aborted> {
+        word.store(value, Ordering::Release);
+        Ok(())
+    }
+}
