@@ -108,7 +108,11 @@ fn run(steps: &[Step]) {
                 // SAFETY: listed nodes are the boxed `Node`s above, alive until the end.
                 if let Some((node, shard)) = unsafe { list.list_pop() } {
                     let m = model.entry(shard).or_default();
-                    assert_eq!(m.list.pop(), Some(node), "popped a node the model does not have on top");
+                    assert_eq!(
+                        m.list.pop(),
+                        Some(node),
+                        "popped a node the model does not have on top"
+                    );
                     free_nodes.push(node);
                 }
             }
@@ -131,7 +135,9 @@ fn run(steps: &[Step]) {
             Op::Send { value } => loop {
                 // SAFETY: slots are 8 bytes; buffers live until the end of `run`; only
                 // this loop moves tails and only `Receive` moves heads.
-                match unsafe { words.push_payload(3, 4, 5, RING - 1, 8, &value as *const u64 as *const u8) } {
+                match unsafe {
+                    words.push_payload(3, 4, 5, RING - 1, 8, &value as *const u64 as *const u8)
+                } {
                     PushOutcome::Committed(shard) => {
                         model.entry(shard).or_default().ring.push_back(value);
                         break;
@@ -178,12 +184,28 @@ fn run(steps: &[Step]) {
 fn check(words: &percid::cid::Words<'_>, model: &HashMap<Shard, ModelShard>) {
     for (shard, v) in words.word(0).shards() {
         let m = model.get(&shard);
-        assert_eq!(v.load(Ordering::Relaxed), m.map_or(0, |m| m.sum), "sum of {shard:?}");
+        assert_eq!(
+            v.load(Ordering::Relaxed),
+            m.map_or(0, |m| m.sum),
+            "sum of {shard:?}"
+        );
         let cas = words.word(1).at(shard).unwrap().load(Ordering::Relaxed);
-        assert_eq!(cas, m.map_or(0, |m| m.cas), "compare-store word of {shard:?}");
+        assert_eq!(
+            cas,
+            m.map_or(0, |m| m.cas),
+            "compare-store word of {shard:?}"
+        );
         let head = words.word(2).at(shard).unwrap().load(Ordering::Relaxed);
-        assert_eq!((head >> 48) as usize, m.map_or(0, |m| m.list.len()), "list length of {shard:?}");
+        assert_eq!(
+            (head >> 48) as usize,
+            m.map_or(0, |m| m.list.len()),
+            "list length of {shard:?}"
+        );
         let top = (head & ((1 << 48) - 1)) as usize;
-        assert_eq!(top, m.and_then(|m| m.list.last().copied()).unwrap_or(0), "list top of {shard:?}");
+        assert_eq!(
+            top,
+            m.and_then(|m| m.list.last().copied()).unwrap_or(0),
+            "list top of {shard:?}"
+        );
     }
 }

@@ -131,10 +131,6 @@ impl Chunk {
         std::ptr::null()
     }
 
-    pub(crate) fn cid_capacity(&self) -> u32 {
-        self.cid_capacity
-    }
-
     /// Makes index `cid` (and every index below it) visible to readers. False when
     /// the index is beyond the capacity: the caller uses a lane.
     #[cold]

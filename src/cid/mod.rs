@@ -39,7 +39,8 @@ mod ops;
 
 pub(crate) use arena::UNIT_SHIFT;
 pub use arena::{Arena, StorageError, StorageStats, Word, Words};
-pub use ops::{ListFull, PushOutcome, Shard};
+pub(crate) use ops::HotWord;
+pub use ops::{ForeignError, ListFull, PushOutcome, Shard};
 
 /// The process-wide arena that the crate's structures allocate from. (Under loom,
 /// models make their own arenas: loom objects cannot outlive one model run.)

@@ -11,9 +11,9 @@
 use super::arena::{Chunk, HEADER_GENERATION, HEADER_LOCK, Word, Words};
 use crate::rseq::arch::{self, Cpu, PayloadArgs, Status};
 use crate::rseq::registration::{ThreadBackend, any_rseq_thread, process, thread_backend};
-use crate::rseq::{Backend, MembarrierError, fence_rseq};
 use crate::rseq::simulated::{self, SimSection};
 use crate::rseq::spec::{self, Aborted, Locked, Payload, PayloadOutcome, Section};
+use crate::rseq::{Backend, MembarrierError, fence_rseq};
 use crate::sync::{AtomicU64, Ordering};
 
 /// Consecutive aborts after which an operation moves to the thread's lane. Aborts
@@ -141,12 +141,67 @@ fn run_on_lane<T>(
     }
 }
 
+/// A word's fast-path addresses, resolved once and kept by the structure that owns
+/// the word (a counter), so that an update chases no pointers before its section.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HotWord {
+    base: *mut u64,
+    limit: *const u32,
+}
+
+impl HotWord {
+    /// Rebuilds a hot word from the parts [`Word::hot`] gave.
+    #[inline(always)]
+    pub(crate) fn from_parts(base: *mut u64, limit: *const u32) -> HotWord {
+        HotWord { base, limit }
+    }
+
+    /// One attempt of `load_add_store` on the rseq backend, for callers that do not
+    /// need the shard: true when it committed, false for anything else (the caller
+    /// then takes [`Word::add`]).
+    #[inline(always)]
+    pub(crate) fn try_add_committed(self, v: u64) -> bool {
+        if let ThreadBackend::Rseq { area, index } = thread_backend() {
+            let cpu = Cpu {
+                area,
+                index,
+                limit: self.limit,
+            };
+            // SAFETY: as in `try_add`.
+            return unsafe { arch::load_add_store_committed(cpu, self.base, v) };
+        }
+        false
+    }
+
+    /// One attempt of `load_add_store` on the rseq backend. `None` for anything but a
+    /// first-try commit (another backend, an abort, a new cid): the caller then takes
+    /// [`Word::add`], which handles them all.
+    #[inline(always)]
+    pub(crate) fn try_add(self, v: u64) -> Option<Shard> {
+        if let ThreadBackend::Rseq { area, index } = thread_backend() {
+            let cpu = Cpu {
+                area,
+                index,
+                limit: self.limit,
+            };
+            // SAFETY: `base` and `limit` come from `Word::hot` of a live word (the
+            // caller keeps the word's allocation alive); otherwise as in `Word::add`.
+            let (st, idx) = unsafe { arch::load_add_store(cpu, self.base, v) };
+            if st == Status::Committed {
+                return Some(Shard::Cid(idx));
+            }
+        }
+        None
+    }
+}
+
 impl<'a> Word<'a> {
-    /// This word in the unit of `shard`, or `None` beyond the capacity.
+    /// This word in the unit of `shard`, or `None` when that shard is not
+    /// materialised (nothing was ever written there).
     #[inline]
     pub fn at(self, shard: Shard) -> Option<&'a AtomicU64> {
         let unit = match shard {
-            Shard::Cid(c) if c < self.chunk.cid_capacity() => c as usize,
+            Shard::Cid(c) if c < self.chunk.cid_limit() => c as usize,
             Shard::Lane(l) if l < self.chunk.lane_limit() => self.chunk.lane_unit(l),
             _ => return None,
         };
@@ -189,6 +244,11 @@ impl<'a> Word<'a> {
             }
         }
         self.add_slow(v)
+    }
+
+    /// The word's fast-path addresses (see [`HotWord`]).
+    pub(crate) fn hot(self) -> (*mut u64, *const u32) {
+        (self.chunk.unit0(self.offset), self.chunk.limit_ptr())
     }
 
     /// The calling thread's section context when it is on the rseq backend.
@@ -321,6 +381,10 @@ impl<'a> Word<'a> {
     /// gives to the list; the contract of [`Word::list_pop`] holds.
     #[inline(always)]
     pub unsafe fn list_push(self, node: usize, max_len: u16) -> Result<Shard, ListFull> {
+        debug_assert!(
+            node.is_multiple_of(8) && node as u64 & !spec::LIST_NODE_MASK == 0,
+            "list nodes must be 8-byte aligned and below 2^48"
+        );
         if let Some(cpu) = self.rseq_cpu() {
             let base = self.chunk.unit0(self.offset);
             // SAFETY: as in `add`; the node is the caller's (the contract).
@@ -360,6 +424,26 @@ impl<'a> Word<'a> {
         if ok { Ok(shard) } else { Err(ListFull) }
     }
 }
+
+/// Why [`Word::foreign_compare_store`] could not run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForeignError {
+    /// The shard is not materialised (nothing ever ran there) or beyond the capacity.
+    NoSuchShard(Shard),
+    /// The rseq fence failed: ownership could not be proven, the word is unchanged.
+    Fence(MembarrierError),
+}
+
+impl std::fmt::Display for ForeignError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForeignError::NoSuchShard(shard) => write!(f, "{shard:?} is not materialised"),
+            ForeignError::Fence(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ForeignError {}
 
 /// [`Word::list_push`] found the caller's list at its maximum length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -404,6 +488,10 @@ impl Words<'_> {
         slot_bytes: usize,
         src: *const u8,
     ) -> PushOutcome {
+        debug_assert!(
+            slot_bytes.is_multiple_of(8),
+            "slots are copied in whole words"
+        );
         let chunk = self.chunk();
         let (t, h, b) = (self.word(tail), self.word(head), self.word(buffer));
         let args = PayloadArgs {
@@ -471,14 +559,18 @@ impl<'a> Word<'a> {
     ///
     /// Returns `Ok(Ok(()))` when `new` is in place, `Ok(Err(seen))` when the word
     /// held (or a racing section committed) something else.
+    ///
+    /// Only for words whose every section fails on seeing `new` (compare-and-store
+    /// locks, list heads holding a token): an `add` cannot fail, so a foreign store
+    /// on an add word would be silently changed by the next add.
     pub fn foreign_compare_store(
         self,
         shard: Shard,
         expect: u64,
         new: u64,
-    ) -> Result<Result<(), u64>, MembarrierError> {
+    ) -> Result<Result<(), u64>, ForeignError> {
         let Some(word) = self.at(shard) else {
-            return Ok(Err(0));
+            return Err(ForeignError::NoSuchShard(shard));
         };
         let chunk = self.chunk;
         let locked = |lock: &AtomicU64, generation: Option<&AtomicU64>| {
@@ -522,8 +614,9 @@ impl<'a> Word<'a> {
                     if let Err(e) = fence_rseq() {
                         // Cannot prove ownership: put the old value back unless a
                         // section already overwrote ours.
-                        let _ = word.compare_exchange(new, expect, Ordering::AcqRel, Ordering::Relaxed);
-                        return Err(e);
+                        let _ =
+                            word.compare_exchange(new, expect, Ordering::AcqRel, Ordering::Relaxed);
+                        return Err(ForeignError::Fence(e));
                     }
                     let now = word.load(Ordering::Acquire);
                     Ok(if now == new { Ok(()) } else { Err(now) })

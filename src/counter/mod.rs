@@ -28,15 +28,17 @@
 //! Counters wrap (two's complement), in every shard and in the sum, in debug and
 //! release builds alike: nothing panics.
 
+#[cfg(feature = "metrics")]
+mod metrics;
 mod per_cid;
 
 pub use per_cid::PerCid;
 
-use crate::cid::{self, Arena, StorageError, Word, Words};
+use crate::cid::{self, Arena, HotWord, StorageError, Word, Words};
+use crate::sync::{AtomicPtr, AtomicU64, Ordering};
 use std::cmp::Ordering as CmpOrdering;
 use std::fmt;
 use std::sync::OnceLock;
-use crate::sync::{AtomicU64, Ordering};
 
 /// Words a counter holds per cid: its value, and what the approximate total has
 /// already carried of it.
@@ -46,6 +48,10 @@ const CARRIED: usize = 1;
 /// The shared part of every counter type: lazily allocated per-cid words, the part
 /// already taken, and the approximate total.
 struct Shards {
+    /// The value word in unit 0 and the chunk's limit (see `HotWord`), published once
+    /// the words exist (limit first, base with release): null until then.
+    hot_base: AtomicPtr<u64>,
+    hot_limit: AtomicPtr<u32>,
     words: OnceLock<Result<Words<'static>, StorageError>>,
     /// Raw sum at the last `take` (subtracted from every read).
     taken: AtomicU64,
@@ -72,6 +78,8 @@ impl Shards {
     const_unless_loom! {
         fn new() -> Shards {
             Shards {
+                hot_base: AtomicPtr::new(std::ptr::null_mut()),
+                hot_limit: AtomicPtr::new(std::ptr::null_mut()),
                 words: OnceLock::new(),
                 taken: AtomicU64::new(0),
                 carried: AtomicU64::new(0),
@@ -85,8 +93,16 @@ impl Shards {
         let mut shards = Shards::new();
         shards.batch = batch;
         let words = arena.alloc(WORDS)?;
+        shards.publish(&words);
         let _ = shards.words.set(Ok(words));
         Ok(shards)
+    }
+
+    /// Makes the fast path see the words.
+    fn publish(&self, words: &Words<'static>) {
+        let (base, limit) = words.first().hot();
+        self.hot_limit.store(limit.cast_mut(), Ordering::Relaxed);
+        self.hot_base.store(base, Ordering::Release);
     }
 
     #[inline(always)]
@@ -101,13 +117,38 @@ impl Shards {
     #[cold]
     fn value_slow(&self) -> Option<Word<'_>> {
         match self.words.get_or_init(|| cid::global().alloc(WORDS)) {
-            Ok(words) => Some(words.first()),
+            Ok(words) => {
+                self.publish(words);
+                Some(words.first())
+            }
             Err(_) => None,
         }
     }
 
+    /// The fast path: one rseq section on the word's addresses, nothing else.
     #[inline(always)]
     fn add(&self, n: u64) {
+        let base = self.hot_base.load(Ordering::Acquire);
+        if !base.is_null() {
+            let hot = HotWord::from_parts(base, self.hot_limit.load(Ordering::Relaxed));
+            if self.batch == 0 {
+                if hot.try_add_committed(n) {
+                    return;
+                }
+            } else if let Some(shard) = hot.try_add(n) {
+                if let Some(word) = self.value() {
+                    self.carry(word, shard);
+                }
+                return;
+            }
+        }
+        self.add_slow(n);
+    }
+
+    /// First use, other backends, aborts, new cids, storage failure.
+    #[cold]
+    #[inline(never)]
+    fn add_slow(&self, n: u64) {
         match self.value() {
             Some(word) => {
                 let shard = word.add(n);
@@ -132,7 +173,9 @@ impl Shards {
         let (Some(v), Some(c)) = (value.at(shard), words.word(CARRIED).at(shard)) else {
             return;
         };
-        let pending = v.load(Ordering::Relaxed).wrapping_sub(c.load(Ordering::Relaxed));
+        let pending = v
+            .load(Ordering::Relaxed)
+            .wrapping_sub(c.load(Ordering::Relaxed));
         if pending >= self.batch {
             self.carry_slow(v, c);
         }
@@ -151,7 +194,12 @@ impl Shards {
             }
             let whole = pending - pending % self.batch;
             if carried
-                .compare_exchange(c, c.wrapping_add(whole), Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    c,
+                    c.wrapping_add(whole),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
             {
                 self.carried.fetch_add(whole, Ordering::Relaxed);
@@ -169,7 +217,8 @@ impl Shards {
     }
 
     fn sum(&self) -> u64 {
-        self.raw_sum().wrapping_sub(self.taken.load(Ordering::Acquire))
+        self.raw_sum()
+            .wrapping_sub(self.taken.load(Ordering::Acquire))
     }
 
     /// Reads and resets: every add lands in exactly one `take` or in a later `sum`.

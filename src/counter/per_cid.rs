@@ -8,12 +8,12 @@
 //! from whatever CPU it runs on by then. A holder that is preempted keeps the lock:
 //! the others on that cid spin briefly, then yield.
 
-use crate::cid::{self, Arena, Shard, StorageError, Word, Words};
+use crate::cid::{self, Arena, ForeignError, Shard, StorageError, Word, Words};
 use crate::rseq::MembarrierError;
+use crate::sync::{AtomicU64, Ordering};
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::sync::OnceLock;
-use crate::sync::{AtomicU64, Ordering};
 
 const LOCKED: u64 = 1;
 const VISITING: u64 = 2;
@@ -131,8 +131,14 @@ impl<T, F: Fn() -> T> PerCid<T, F> {
                 continue;
             }
             let mut round = 0;
-            while word.foreign_compare_store(shard, 0, VISITING)?.is_err() {
-                crate::sync::backoff(&mut round);
+            loop {
+                match word.foreign_compare_store(shard, 0, VISITING) {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_held)) => crate::sync::backoff(&mut round),
+                    Err(ForeignError::Fence(e)) => return Err(e),
+                    // Listed by `shards`, so materialised: cannot happen.
+                    Err(ForeignError::NoSuchShard(_)) => break,
+                }
             }
             let Some(lock) = word.at(shard) else {
                 continue;

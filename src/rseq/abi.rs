@@ -6,7 +6,7 @@
 
 /// Offsets of the fields of `struct rseq` (the thread's rseq area, 32-byte aligned).
 ///
-/// User space may write only [`RSEQ_CS`]; the id fields are the kernel's. From
+/// User space may write only `RSEQ_CS`; the id fields are the kernel's. From
 /// Linux 7.1 a process that writes them in "optimized V2" mode is killed.
 pub mod offset {
     /// `u32 cpu_id_start`: always a valid CPU number, even before registration.

@@ -245,9 +245,8 @@ fn resolve_thread() -> usize {
     if area > SIMULATED {
         // Before the thread's first section: see `any_rseq_thread`.
         RSEQ_SEEN.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-    AREA.set(area);
-    if area > SIMULATED {
+        // The fields first, the area last: a signal handler that runs an operation
+        // in between still finds the thread unresolved, never half resolved.
         let field = match process.index {
             IndexMode::MmCid => abi::offset::MM_CID,
             IndexMode::CpuId => abi::offset::CPU_ID,
@@ -257,6 +256,7 @@ fn resolve_thread() -> usize {
             NODE.set(area + abi::offset::NODE_ID);
         }
     }
+    AREA.set(area);
     area
 }
 
@@ -409,8 +409,10 @@ fn describe_errno(errno: i32) -> String {
     let what = match errno {
         libc::ENOSYS => "the kernel has no rseq (older than 4.18, or running under valgrind)",
         libc::EPERM => "rseq is forbidden here (seccomp filter)",
-        libc::EBUSY => "another library registered this thread's rseq area",
-        libc::EINVAL => "the kernel rejected the area's size or alignment",
+        libc::EBUSY => "this thread's rseq area is already registered",
+        libc::EINVAL => {
+            "the kernel rejected the area (another library may have registered a different one)"
+        }
         libc::ESRCH => "the thread was already exiting",
         _ => "rseq registration failed",
     };

@@ -4,10 +4,13 @@
 //! Each simulated index ("cid") has a generation word and a commit lock in the header
 //! of its arena unit. A section *begins* by bumping the generation under the lock,
 //! which aborts every other section in flight on that cid, as a context switch on a
-//! CPU aborts the section it interrupts. Every later step checks the generation and
-//! may also abort on purpose (an injected abort rate); the *commit* checks the
-//! generation and stores while holding the lock, so it is atomic with respect to the
-//! other sections of its cid, exactly like the single committing instruction.
+//! CPU aborts the section it interrupts. Every later step that touches shared memory
+//! (a load, a slot copy, the commit) runs under the same lock and only while the
+//! generation is still the section's own, so a section that lost its cid never acts
+//! again — as a preempted thread never runs another instruction of its section — and
+//! the commit is atomic with respect to the other sections of its cid, exactly like
+//! the single committing instruction. Steps may also abort on purpose (an injected
+//! abort rate).
 //!
 //! A thread's cid and node come from thread-local settings that tests inject:
 //! [`crate::testing`] moves a thread between cids and nodes at will.
@@ -154,22 +157,33 @@ impl<'a> SimSection<'a> {
         }
     }
 
-    fn step(&self) -> Result<(), Aborted> {
-        if injected_abort() || self.generation.load(Ordering::Acquire) != self.mine {
+    /// Runs one step of the section, atomically with respect to the other sections
+    /// of the cid: under the commit lock, and only while no other section has begun
+    /// since this one did. A thread that loses its CPU never runs another instruction
+    /// of its section; here a section that lost its cid never touches shared memory
+    /// again.
+    fn guarded<R>(&self, step: impl FnOnce() -> R) -> Result<R, Aborted> {
+        if injected_abort() {
             return Err(Aborted);
         }
-        Ok(())
+        lock_word(self.lock);
+        let current = self.generation.load(Ordering::Relaxed) == self.mine;
+        let result = current.then(step);
+        unlock_word(self.lock);
+        result.ok_or(Aborted)
     }
 }
 
 impl Section for SimSection<'_> {
     fn load(&mut self, word: &AtomicU64) -> Result<u64, Aborted> {
-        self.step()?;
-        Ok(word.load(Ordering::Acquire))
+        self.guarded(|| word.load(Ordering::Acquire))
     }
 
     fn store_private(&mut self, word: &AtomicU64, value: u64) -> Result<(), Aborted> {
-        self.step()?;
+        // The caller's own memory: no other section can reach it.
+        if injected_abort() {
+            return Err(Aborted);
+        }
         word.store(value, Ordering::Relaxed);
         Ok(())
     }
@@ -180,23 +194,14 @@ impl Section for SimSection<'_> {
         src: *const u8,
         len: usize,
     ) -> Result<(), Aborted> {
-        self.step()?;
+        // The slot is only this cid's until the tail moves: another section of the
+        // cid may copy into it too, so the copy is a guarded step.
         // SAFETY: forwarded from the caller.
-        unsafe { core::ptr::copy_nonoverlapping(src, dst, len) };
-        Ok(())
+        self.guarded(|| unsafe { core::ptr::copy_nonoverlapping(src, dst, len) })
     }
 
     fn commit(&mut self, word: &AtomicU64, value: u64) -> Result<(), Aborted> {
-        if injected_abort() {
-            return Err(Aborted);
-        }
-        lock_word(self.lock);
-        let current = self.generation.load(Ordering::Relaxed) == self.mine;
-        if current {
-            word.store(value, Ordering::Release);
-        }
-        unlock_word(self.lock);
-        if current { Ok(()) } else { Err(Aborted) }
+        self.guarded(|| word.store(value, Ordering::Release))
     }
 }
 

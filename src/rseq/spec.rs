@@ -1,7 +1,7 @@
 //! The critical sections, specified.
 //!
 //! Every operation the crate runs on a shard is one of the sections below. Each is
-//! written twice: here, as Rust over a [`Section`] (the pseudocode, executable), and in
+//! written twice: here, as Rust over a `Section` (the pseudocode, executable), and in
 //! the architecture module as `asm!` with the same name. The simulated backend runs
 //! these functions with a section that can abort at every step; the portable
 //! backend runs them on a lane under the lane's lock, where they never abort.

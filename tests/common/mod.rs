@@ -29,6 +29,7 @@
 #![allow(dead_code)] // each test binary uses a part of the harness
 
 use std::cell::Cell;
+use std::io::Write;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Barrier, Mutex, Once, OnceLock};
@@ -87,10 +88,13 @@ pub fn scaled(ops: u64) -> u64 {
 
 /// Simulated cids the simulated backend spreads threads over (`PERCID_SIM_CIDS`).
 pub fn simulated_cids() -> u32 {
-    env("PERCID_SIM_CIDS")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2u32)
-        .clamp(1, 64)
+    static CIDS: OnceLock<u32> = OnceLock::new();
+    *CIDS.get_or_init(|| {
+        env("PERCID_SIM_CIDS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2u32)
+            .clamp(1, 64)
+    })
 }
 
 // ---------------------------------------------------------------------------------
@@ -175,10 +179,11 @@ impl CpuMask {
     /// The CPUs in the mask, ascending.
     pub fn cpus(&self) -> Vec<usize> {
         let bits = 8 * std::mem::size_of::<libc::cpu_set_t>();
-        // SAFETY: `cpu` is below CPU_SETSIZE (the set's size in bits).
-        (0..bits)
-            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &self.0) })
-            .collect()
+        let is_set = |cpu: usize| {
+            // SAFETY: `cpu` is below CPU_SETSIZE (the set's size in bits).
+            unsafe { libc::CPU_ISSET(cpu, &self.0) }
+        };
+        (0..bits).filter(|&cpu| is_set(cpu)).collect()
     }
 
     /// Applies the mask to thread `tid` (0: the calling thread). False when refused.
@@ -231,7 +236,7 @@ pub fn tick() {
     }
     let n = TICKS.get().wrapping_add(1);
     TICKS.set(n);
-    if n % 61 == 0 {
+    if n.is_multiple_of(61) {
         percid::testing::set_simulated_cid((n / 61) % simulated_cids());
     }
 }
@@ -376,7 +381,6 @@ impl Torture {
                 let ops = self.ops_for(i);
                 let worker = std::thread::Builder::new()
                     .name(format!("torture-{i}"))
-                    .stack_size(256 << 10)
                     .spawn_scoped(s, move || {
                         // SAFETY: pthread_self has no preconditions.
                         let me = unsafe { libc::pthread_self() };
@@ -476,7 +480,10 @@ impl Torture {
             while live.load(Ordering::Acquire) > 0 {
                 std::thread::sleep(Duration::from_millis(1));
                 if t0.elapsed() > HANG_LIMIT {
-                    eprintln!(
+                    // Straight to stderr: `eprintln!` output is captured by the test
+                    // harness, which the abort keeps from ever printing it.
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "torture run {self:?} hung: {} of {} workers still running after {:?}; \
                          signals sent {}, migrations {}",
                         live.load(Ordering::Acquire),

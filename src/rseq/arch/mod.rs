@@ -37,6 +37,12 @@ mod portable_only {
 
     /// # Safety
     /// None needed: nothing is accessed.
+    pub(crate) unsafe fn load_add_store_committed(_: Cpu, _: *mut u64, _: u64) -> bool {
+        false
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
     pub(crate) unsafe fn load_cbne_store(
         _: Cpu,
         _: *mut u64,

@@ -35,9 +35,22 @@ pub(crate) fn thread_pointer() -> usize {
 }
 
 /// Everything before the section body: descriptor, pointer and exit-point entries,
-/// arming, the index read and its bound check. Leaves the index in `{idx}`.
+/// arming, the registration check, the index read and its bound check. Leaves the
+/// index in `{idx}` and its unit offset in `{off}`. `section_start!(fails)` also lists
+/// the section's own failure exit (label 9).
 macro_rules! section_start {
     () => {
+        section_start!("")
+    };
+    (fails) => {
+        section_start!(concat!(
+            ".pushsection __rseq_exit_point_array, \"awR\"\n",
+            ".balign 8\n",
+            ".quad 2f, 9f\n",
+            ".popsection\n",
+        ))
+    };
+    ($extra_exits:expr) => {
         concat!(
             ".pushsection __rseq_cs, \"aw\"\n",
             ".balign 32\n",
@@ -45,17 +58,26 @@ macro_rules! section_start {
             ".long 0, 0\n",
             ".quad 2f, (4f - 2f), 5f\n",
             ".popsection\n",
-            ".pushsection __rseq_cs_ptr_array, \"aw\"\n",
+            // Debuggers find sections and their exits here; `R` keeps the linker's
+            // garbage collection from dropping these unreferenced tables.
+            ".pushsection __rseq_cs_ptr_array, \"awR\"\n",
+            ".balign 8\n",
             ".quad 3b\n",
             ".popsection\n",
-            ".pushsection __rseq_exit_point_array, \"aw\"\n",
+            ".pushsection __rseq_exit_point_array, \"awR\"\n",
+            ".balign 8\n",
             ".quad 2f, 7f\n",
-            ".quad 2f, 9f\n",
             ".popsection\n",
+            $extra_exits,
             // Arm: rseq_cs = &descriptor.
             "lea {off}, [rip + 3b]\n",
             "mov qword ptr [{area} + {cs_field}], {off}\n",
             "2:\n",
+            // A thread whose registration is gone (-1, -2) must not commit unprotected:
+            // its cpu_id, read as an unsigned index, is beyond every capacity.
+            "mov {idx:e}, dword ptr [{area} + {cpu_field}]\n",
+            "test {idx:e}, {idx:e}\n",
+            "js 7f\n",
             // The index is read inside the section: a migration aborts us.
             "mov {idx:e}, dword ptr [{index}]\n",
             "cmp {idx:e}, dword ptr [{limit}]\n",
@@ -124,12 +146,57 @@ pub(crate) unsafe fn load_add_store(cpu: Cpu, base: *mut u64, v: u64) -> (Status
             off = out(reg) _,
             st = lateout(reg) st,
             cs_field = const abi::offset::RSEQ_CS,
+            cpu_field = const abi::offset::CPU_ID,
             shift = const UNIT_SHIFT,
             sig = const abi::SIGNATURE,
             options(nostack),
         )
     };
     (Status::from_raw(st), idx)
+}
+
+/// `load_add_store` for callers that only need to know whether it committed: the
+/// commit falls through, and every other ending (abort, registration gone, index not
+/// materialised) jumps to one out-of-line exit, with no status to decode. Returns
+/// false for those; the caller's slow path redoes the operation from scratch.
+///
+/// # Safety
+/// As for [`load_add_store`].
+#[inline(always)]
+pub(crate) unsafe fn load_add_store_committed(cpu: Cpu, base: *mut u64, v: u64) -> bool {
+    let mut committed = true;
+    // SAFETY: as for `load_add_store`.
+    unsafe {
+        asm!(
+            section_start!(),
+            "add qword ptr [{base} + {off}], {v}",
+            "4:",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long {sig}",
+            "5:",
+            "jmp {failed}",
+            "7:",
+            "jmp {failed}",
+            ".popsection",
+            area = in(reg) cpu.area,
+            index = in(reg) cpu.index,
+            limit = in(reg) cpu.limit,
+            base = in(reg) base,
+            v = in(reg) v,
+            idx = out(reg) _,
+            off = out(reg) _,
+            cs_field = const abi::offset::RSEQ_CS,
+            cpu_field = const abi::offset::CPU_ID,
+            shift = const UNIT_SHIFT,
+            sig = const abi::SIGNATURE,
+            failed = label {
+                committed = false;
+            },
+            options(nostack),
+        )
+    };
+    committed
 }
 
 /// `load_cbne_store`: if `*word(idx) != expect` fail with the value seen, else
@@ -152,7 +219,7 @@ pub(crate) unsafe fn load_cbne_store(
     // SAFETY: as for `load_add_store`; the section writes only `rseq_cs` and the word.
     unsafe {
         asm!(
-            section_start!(),
+            section_start!(fails),
             "add {off}, {base}",
             "mov {seen}, qword ptr [{off}]",
             "cmp {seen}, {expect}",
@@ -170,6 +237,7 @@ pub(crate) unsafe fn load_cbne_store(
             seen = out(reg) seen,
             st = lateout(reg) st,
             cs_field = const abi::offset::RSEQ_CS,
+            cpu_field = const abi::offset::CPU_ID,
             shift = const UNIT_SHIFT,
             sig = const abi::SIGNATURE,
             options(nostack),
@@ -196,7 +264,7 @@ pub(crate) unsafe fn list_pop(cpu: Cpu, base: *mut u64) -> (Status, u32, usize) 
     // `rseq_cs` and the head word.
     unsafe {
         asm!(
-            section_start!(),
+            section_start!(fails),
             "add {off}, {base}",
             "mov {head}, qword ptr [{off}]",
             "mov {node}, {head}",
@@ -217,6 +285,7 @@ pub(crate) unsafe fn list_pop(cpu: Cpu, base: *mut u64) -> (Status, u32, usize) 
             node = out(reg) node,
             st = lateout(reg) st,
             cs_field = const abi::offset::RSEQ_CS,
+            cpu_field = const abi::offset::CPU_ID,
             shift = const UNIT_SHIFT,
             sig = const abi::SIGNATURE,
             options(nostack),
@@ -245,7 +314,7 @@ pub(crate) unsafe fn list_push(
     // the head word.
     unsafe {
         asm!(
-            section_start!(),
+            section_start!(fails),
             "add {off}, {base}",
             "mov {head}, qword ptr [{off}]",
             "mov {len}, {head}",
@@ -270,6 +339,7 @@ pub(crate) unsafe fn list_push(
             len = out(reg) _,
             st = lateout(reg) st,
             cs_field = const abi::offset::RSEQ_CS,
+            cpu_field = const abi::offset::CPU_ID,
             shift = const UNIT_SHIFT,
             sig = const abi::SIGNATURE,
             options(nostack),
@@ -296,7 +366,7 @@ pub(crate) unsafe fn store_payload_commit_index(cpu: Cpu, args: &PayloadArgs) ->
     // `rseq_cs` and the tail word.
     unsafe {
         asm!(
-            section_start!(),
+            section_start!(fails),
             "mov {tail}, qword ptr [{args}]",
             "add {tail}, {off}",
             "mov {t}, qword ptr [{tail}]",
@@ -340,6 +410,7 @@ pub(crate) unsafe fn store_payload_commit_index(cpu: Cpu, args: &PayloadArgs) ->
             src = out(reg) _,
             st = lateout(reg) st,
             cs_field = const abi::offset::RSEQ_CS,
+            cpu_field = const abi::offset::CPU_ID,
             shift = const UNIT_SHIFT,
             sig = const abi::SIGNATURE,
             options(nostack),

@@ -13,6 +13,7 @@
 //! `threads * ops_per_thread`. `mops` is `total_ops / wall_us`, i.e. `1000 / ns_per_op`.
 //! With one thread these are plain time per call and calls per microsecond.
 
+pub mod counter;
 pub mod getcpu;
 
 use std::fmt::Write as _;
@@ -44,7 +45,35 @@ impl Bench {
 }
 
 /// Every benchmark `percid bench` knows, in the order the usage text lists them.
-pub const BENCHES: &[Bench] = &[getcpu::BENCH];
+pub const BENCHES: &[Bench] = &[getcpu::BENCH, counter::BENCH];
+
+/// Goals set for some ratios, by benchmark. Kept beside [`BENCHES`] rather than in
+/// [`Ratio`] or [`Bench`] so benchmarks without goals need not say so.
+const TARGETS: &[(&str, &[Target])] = &[(counter::BENCH.name, &counter::TARGETS)];
+
+/// A value a ratio should reach. The report shows it beside the measured ratio and
+/// says whether it was met; the measured number is never adjusted.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// The [`Ratio::key`] it applies to.
+    pub key: &'static str,
+    pub at_least: f64,
+}
+
+impl Target {
+    /// The targets set for `bench`'s ratios.
+    fn of(bench: &str) -> &'static [Target] {
+        TARGETS
+            .iter()
+            .find(|(name, _)| *name == bench)
+            .map_or(&[], |(_, targets)| targets)
+    }
+
+    /// `None` when the ratio could not be computed.
+    pub fn met(&self, value: Option<f64>) -> Option<bool> {
+        value.map(|v| v >= self.at_least)
+    }
+}
 
 /// How long to measure.
 #[derive(Clone, Copy, Debug)]
@@ -384,6 +413,7 @@ pub struct Report {
     pub machine: MachineLine,
     pub results: Vec<Measurement>,
     pub ratios: Vec<(Ratio, Option<f64>)>,
+    pub targets: &'static [Target],
 }
 
 impl Report {
@@ -401,7 +431,12 @@ impl Report {
             machine,
             results,
             ratios,
+            targets: Target::of(bench),
         }
+    }
+
+    fn target(&self, key: &str) -> Option<&Target> {
+        self.targets.iter().find(|t| t.key == key)
     }
 
     /// Rounds actually run (the budget may have cut the plan short).
@@ -454,8 +489,16 @@ impl Report {
             );
         }
         for (r, v) in &self.ratios {
+            let goal = self.target(r.key).map_or_else(String::new, |t| {
+                let verdict = match t.met(*v) {
+                    Some(true) => "met",
+                    Some(false) => "missed",
+                    None => "n/a",
+                };
+                format!("  target >= {}: {verdict}", t.at_least)
+            });
             let v = v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}x"));
-            let _ = writeln!(out, "  {}: {v}  ({} / {})", r.key, r.peer, r.ours);
+            let _ = writeln!(out, "  {}: {v}  ({} / {}){goal}", r.key, r.peer, r.ours);
         }
         out
     }
@@ -476,7 +519,17 @@ impl Report {
             .ratios
             .iter()
             .map(|(r, v)| (r.key, v.map_or(Json::Null, |v| Json::rounded(v, 3))));
-        Json::object([
+        let targets = self.ratios.iter().filter_map(|(r, v)| {
+            let t = self.target(r.key)?;
+            Some((
+                r.key,
+                Json::object([
+                    ("at_least", Json::from(t.at_least)),
+                    ("met", t.met(*v).into()),
+                ]),
+            ))
+        });
+        let mut json = Json::object([
             ("bench", Json::from(self.bench)),
             ("machine", self.machine.json()),
             (
@@ -493,7 +546,12 @@ impl Report {
             ),
             ("results", Json::Array(results.collect())),
             ("ratios", Json::object(ratios)),
-        ])
+        ]);
+        // Only benchmarks with goals carry the key, so others' JSON is unchanged.
+        if let (Json::Object(pairs), false) = (&mut json, self.targets.is_empty()) {
+            pairs.push(("targets".to_owned(), Json::object(targets)));
+        }
+        json
     }
 }
 

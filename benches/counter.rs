@@ -1,0 +1,180 @@
+//! Criterion benchmark of `percid::Counter` increments against `AtomicU64`, a striped
+//! counter, a thread-local cell, the batched counter and `PerCid<u64>`, on one thread
+//! and on two sharing one instance. `percid bench counter` measures the same cases
+//! alternating in one run (and oversubscribed), which is the number to quote on a
+//! shared machine; this one gives criterion's statistics.
+
+use std::cell::Cell;
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use percid::{Counter, PerCid};
+
+thread_local! {
+    /// The no-sharing limit.
+    static TLS_COUNT: Cell<u64> = const { Cell::new(0) };
+    /// This thread's stripe hash; 0 until its first striped add.
+    static STRIPE: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Own cache lines (128 bytes: adjacent-line prefetch on x86), against false sharing.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// LongAdder-style peer: `2 × CPUs` padded cells, each thread adding to the one its
+/// number picks by Fibonacci hashing (consecutive threads get different cells).
+struct Striped {
+    cells: Box<[Padded<AtomicU64>]>,
+    shift: u32,
+}
+
+static NEXT_STRIPE: AtomicU64 = AtomicU64::new(1);
+
+impl Striped {
+    fn new() -> Striped {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let len = (2 * cpus).next_power_of_two();
+        Striped {
+            cells: (0..len).map(|_| Padded(AtomicU64::new(0))).collect(),
+            shift: 64 - len.trailing_zeros(),
+        }
+    }
+
+    #[inline]
+    fn inc(&self) {
+        let hash = STRIPE.with(|s| match s.get() {
+            0 => {
+                let h = NEXT_STRIPE
+                    .fetch_add(1, Ordering::Relaxed)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                s.set(h);
+                h
+            }
+            h => h,
+        });
+        self.cells[(hash >> self.shift) as usize]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One shared instance of each implementation.
+struct Subjects {
+    counter: Counter,
+    atomic: Padded<AtomicU64>,
+    striped: Striped,
+    batched: Counter,
+    per_cid: PerCid<u64>,
+}
+
+impl Subjects {
+    fn new() -> Subjects {
+        Subjects {
+            counter: Counter::new(),
+            atomic: Padded(AtomicU64::new(0)),
+            striped: Striped::new(),
+            batched: Counter::builder()
+                .batch(1024)
+                .build()
+                .expect("cannot allocate the batched counter"),
+            per_cid: PerCid::<u64>::new(|| 0).expect("cannot allocate PerCid"),
+        }
+    }
+}
+
+/// Something done with each implementation's increment, generic so every loop calls
+/// its increment inlined, as user code would.
+trait Visit {
+    fn visit(&mut self, name: &str, op: impl Fn() + Sync);
+}
+
+/// Hands each implementation's increment to `v`; `black_box(&x)` keeps every call.
+fn each_impl(s: &Subjects, v: &mut impl Visit) {
+    v.visit("percid::Counter", || black_box(&s.counter).inc());
+    v.visit("AtomicU64", || {
+        black_box(&s.atomic.0).fetch_add(1, Ordering::Relaxed);
+    });
+    v.visit("striped", || black_box(&s.striped).inc());
+    v.visit("thread_local Cell", || {
+        TLS_COUNT.with(|c| {
+            let c = black_box(c);
+            c.set(c.get().wrapping_add(1));
+        })
+    });
+    v.visit("percid::Counter batch=1024", || black_box(&s.batched).inc());
+    v.visit("percid::PerCid<u64>", || {
+        black_box(&s.per_cid).with(|v| *v += 1)
+    });
+}
+
+/// Benchmarks one thread calling the increment.
+struct OneThread<'c>(BenchmarkGroup<'c, WallTime>);
+
+impl Visit for OneThread<'_> {
+    fn visit(&mut self, name: &str, op: impl Fn() + Sync) {
+        self.0.bench_function(name, |b| b.iter(&op));
+    }
+}
+
+/// Benchmarks two threads sharing the instance, each doing half the iterations.
+struct TwoThreads<'c>(BenchmarkGroup<'c, WallTime>);
+
+impl Visit for TwoThreads<'_> {
+    fn visit(&mut self, name: &str, op: impl Fn() + Sync) {
+        self.0
+            .bench_function(name, |b| b.iter_custom(|iters| wall_time(2, iters, &op)));
+    }
+}
+
+fn one_thread(c: &mut Criterion) {
+    let subjects = Subjects::new();
+    let mut group = c.benchmark_group("counter/1 thread");
+    group.throughput(Throughput::Elements(1));
+    let mut v = OneThread(group);
+    each_impl(&subjects, &mut v);
+    v.0.finish();
+}
+
+fn two_threads(c: &mut Criterion) {
+    let subjects = Subjects::new();
+    let mut group = c.benchmark_group("counter/2 threads");
+    group.throughput(Throughput::Elements(1));
+    let mut v = TwoThreads(group);
+    each_impl(&subjects, &mut v);
+    v.0.finish();
+}
+
+/// Wall time for `threads` threads to do `iters` operations between them, from the
+/// first thread's start after a barrier to the last one's end (spawning excluded).
+fn wall_time(threads: u64, iters: u64, op: &(impl Fn() + Sync)) -> Duration {
+    let per_thread = iters.div_ceil(threads);
+    let barrier = Barrier::new(threads as usize);
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..per_thread {
+                        op();
+                    }
+                    (start, Instant::now())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("benchmark thread panicked"))
+            .collect()
+    });
+    let first = spans.iter().map(|s| s.0).min().expect("one thread");
+    let last = spans.iter().map(|s| s.1).max().expect("one thread");
+    last - first
+}
+
+criterion_group!(benches, one_thread, two_threads);
+criterion_main!(benches);
