@@ -227,6 +227,9 @@ loom_tests() {
     if [ -f tests/loom.rs ] || [ -f tests/loom/main.rs ]; then
         xrun_limited "${envs[@]}" cargo test ${LOCKED[@]+"${LOCKED[@]}"} --release --test loom || rc=1
     fi
+    if [ -f tests/loom_counter.rs ]; then
+        xrun_limited "${envs[@]}" cargo test ${LOCKED[@]+"${LOCKED[@]}"} --release --test loom_counter || rc=1
+    fi
     xrun_limited "${envs[@]}" cargo test ${LOCKED[@]+"${LOCKED[@]}"} --release --lib loom || rc=1
     return "$rc"
 }

@@ -9,7 +9,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use percid::cid::{Arena, PushOutcome, Shard};
+use percid::cid::{Arena, ListFull, PushOutcome, Shard};
 use percid::testing::{set_simulated_abort_rate, set_simulated_cid};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -129,7 +129,7 @@ fn run(steps: &[Step]) {
                         assert!(m.list.len() < usize::from(max_len));
                         m.list.push(node);
                     }
-                    Err(()) => free_nodes.push(node),
+                    Err(ListFull) => free_nodes.push(node),
                 }
             }
             Op::Send { value } => loop {

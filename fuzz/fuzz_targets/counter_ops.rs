@@ -15,9 +15,9 @@
 //! * `compare(n)` equals `model.cmp(&n)`.
 //!
 //! The `approx`/`compare` bound is checked while the adds made to the counter add up
-//! to at most `u64::MAX / 2` (no shard or total has wrapped). Beyond that the
-//! counter's carry stops (a remainder above `u64::MAX / 2` is never carried) and the
-//! bound does not hold; set `PERCID_FUZZ_STRICT_APPROX=1` to check it there too.
+//! to at most `u64::MAX / 2` (no shard or total has wrapped: an approximate total of a
+//! wrapped counter means nothing); set `PERCID_FUZZ_STRICT_APPROX=1` to check it
+//! everywhere.
 #![no_main]
 
 use arbitrary::Arbitrary;

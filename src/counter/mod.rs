@@ -188,8 +188,9 @@ impl Shards {
         loop {
             let c = carried.load(Ordering::Relaxed);
             let pending = value.load(Ordering::Relaxed).wrapping_sub(c);
-            // A wrapped (or signed-negative) remainder is never carried.
-            if pending < self.batch || pending > u64::MAX / 2 {
+            // Wrapping arithmetic: a counter with a batch is a `Counter` (gauges have
+            // none), whose uncarried remainder is `value - carried` modulo 2^64.
+            if pending < self.batch {
                 return;
             }
             let whole = pending - pending % self.batch;
@@ -216,9 +217,17 @@ impl Shards {
         shards.wrapping_add(self.spill.load(Ordering::Relaxed))
     }
 
+    /// The raw sum minus what was taken, read so that a `take` running meanwhile
+    /// cannot make it go below zero: `taken` is read before and after the shards, and
+    /// the read is repeated if a take landed in between.
     fn sum(&self) -> u64 {
-        self.raw_sum()
-            .wrapping_sub(self.taken.load(Ordering::Acquire))
+        loop {
+            let taken = self.taken.load(Ordering::Acquire);
+            let raw = self.raw_sum();
+            if self.taken.load(Ordering::Acquire) == taken {
+                return raw.wrapping_sub(taken);
+            }
+        }
     }
 
     /// Reads and resets: every add lands in exactly one `take` or in a later `sum`.
@@ -257,8 +266,16 @@ impl Shards {
             .carried
             .load(Ordering::Relaxed)
             .wrapping_add(self.spill.load(Ordering::Relaxed));
-        let value = carried.saturating_sub(self.taken.load(Ordering::Acquire));
-        (value, self.shards_seen() * (self.batch - 1))
+        let max_error = self.shards_seen() * (self.batch - 1);
+        // Modulo 2^64 the carried total trails the untaken sum by at most the error;
+        // a difference just below zero means the carry trails a small sum.
+        let value = carried.wrapping_sub(self.taken.load(Ordering::Acquire));
+        let value = if value > u64::MAX - max_error {
+            0
+        } else {
+            value
+        };
+        (value, max_error)
     }
 
     fn compare(&self, n: u64) -> CmpOrdering {
