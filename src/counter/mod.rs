@@ -173,9 +173,9 @@ impl Shards {
         let (Some(v), Some(c)) = (value.at(shard), words.word(CARRIED).at(shard)) else {
             return;
         };
-        let pending = v
-            .load(Ordering::Relaxed)
-            .wrapping_sub(c.load(Ordering::Relaxed));
+        // The carried word first, with acquire: see `carry_slow`.
+        let carried = c.load(Ordering::Acquire);
+        let pending = v.load(Ordering::Relaxed).wrapping_sub(carried);
         if pending >= self.batch {
             self.carry_slow(v, c);
         }
@@ -186,7 +186,11 @@ impl Shards {
     #[cold]
     fn carry_slow(&self, value: &AtomicU64, carried: &AtomicU64) {
         loop {
-            let c = carried.load(Ordering::Relaxed);
+            // Carried before value, and with acquire (the swap below releases): a
+            // carrier read the value before moving the carried word past it, so this
+            // thread's read of the value cannot be older than that, and the
+            // remainder never comes out "negative".
+            let c = carried.load(Ordering::Acquire);
             let pending = value.load(Ordering::Relaxed).wrapping_sub(c);
             // Wrapping arithmetic: a counter with a batch is a `Counter` (gauges have
             // none), whose uncarried remainder is `value - carried` modulo 2^64.
@@ -198,8 +202,8 @@ impl Shards {
                 .compare_exchange(
                     c,
                     c.wrapping_add(whole),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
                 )
                 .is_ok()
             {
