@@ -40,9 +40,12 @@ use std::cmp::Ordering as CmpOrdering;
 use std::fmt;
 use std::sync::OnceLock;
 
-/// Words a counter holds per cid: its value, and what the approximate total has
-/// already carried of it.
-const WORDS: usize = 2;
+/// Words a counter holds per cid: its value, and — only for a counter with a batch —
+/// what the approximate total has already carried of it. A plain counter costs 8
+/// bytes per cid.
+const fn words_for(batch: u64) -> usize {
+    if batch == 0 { 1 } else { 2 }
+}
 const CARRIED: usize = 1;
 
 /// The shared part of every counter type: lazily allocated per-cid words, the part
@@ -92,7 +95,7 @@ impl Shards {
     fn eager(arena: &'static Arena, batch: u64) -> Result<Shards, StorageError> {
         let mut shards = Shards::new();
         shards.batch = batch;
-        let words = arena.alloc(WORDS)?;
+        let words = arena.alloc(words_for(batch))?;
         shards.publish(&words);
         let _ = shards.words.set(Ok(words));
         Ok(shards)
@@ -116,7 +119,10 @@ impl Shards {
 
     #[cold]
     fn value_slow(&self) -> Option<Word<'_>> {
-        match self.words.get_or_init(|| cid::global().alloc(WORDS)) {
+        match self
+            .words
+            .get_or_init(|| cid::global().alloc(words_for(self.batch)))
+        {
             Ok(words) => {
                 self.publish(words);
                 Some(words.first())
