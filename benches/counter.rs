@@ -4,7 +4,6 @@
 //! alternating in one run (and oversubscribed), which is the number to quote on a
 //! shared machine; this one gives criterion's statistics.
 
-use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,53 +13,11 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use percid::{Counter, PerCid};
 
-thread_local! {
-    /// The no-sharing limit.
-    static TLS_COUNT: Cell<u64> = const { Cell::new(0) };
-    /// This thread's stripe hash; 0 until its first striped add.
-    static STRIPE: Cell<u64> = const { Cell::new(0) };
-}
+/// The peers, shared with `percid bench counter` so both time the same code.
+#[path = "../src/bin/percid/bench/peers.rs"]
+mod peers;
 
-/// Own cache lines (128 bytes: adjacent-line prefetch on x86), against false sharing.
-#[repr(align(128))]
-struct Padded<T>(T);
-
-/// LongAdder-style peer: `2 × CPUs` padded cells, each thread adding to the one its
-/// number picks by Fibonacci hashing (consecutive threads get different cells).
-struct Striped {
-    cells: Box<[Padded<AtomicU64>]>,
-    shift: u32,
-}
-
-static NEXT_STRIPE: AtomicU64 = AtomicU64::new(1);
-
-impl Striped {
-    fn new() -> Striped {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        let len = (2 * cpus).next_power_of_two();
-        Striped {
-            cells: (0..len).map(|_| Padded(AtomicU64::new(0))).collect(),
-            shift: 64 - len.trailing_zeros(),
-        }
-    }
-
-    #[inline]
-    fn inc(&self) {
-        let hash = STRIPE.with(|s| match s.get() {
-            0 => {
-                let h = NEXT_STRIPE
-                    .fetch_add(1, Ordering::Relaxed)
-                    .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                s.set(h);
-                h
-            }
-            h => h,
-        });
-        self.cells[(hash >> self.shift) as usize]
-            .0
-            .fetch_add(1, Ordering::Relaxed);
-    }
-}
+use peers::{Padded, Striped, TLS_COUNT};
 
 /// One shared instance of each implementation.
 struct Subjects {

@@ -158,10 +158,9 @@ impl fmt::Display for Status {
 /// Reads a `u32` field of the thread's rseq area, which the kernel rewrites at any time.
 #[inline(always)]
 fn read_field(area: usize, offset: usize) -> u32 {
-    // SAFETY: `area` is the calling thread's registered rseq area (or one of its
-    // fields), from the registration layer, valid while the thread runs; `offset`
-    // keeps the u32 inside the first 32 bytes. Volatile because the kernel writes it
-    // behind the compiler's back.
+    // Volatile: the kernel writes the field behind the compiler's back.
+    // SAFETY: `area` is the calling thread's registered rseq area (or a field of it)
+    // from the registration layer, valid while the thread runs; `offset` stays inside.
     unsafe { core::ptr::read_volatile((area + offset) as *const u32) }
 }
 

@@ -13,12 +13,12 @@
 //! the increments done. That check runs inside the timed span, so it can only make
 //! percid look slower, never a peer.
 
-use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use percid::{Counter, PerCid};
 
+use super::peers::{Padded, Striped, TLS_COUNT};
 use super::{Bench, Case, Config, Measurement, Ratio, Target};
 
 pub const BENCH: Bench = Bench {
@@ -314,77 +314,6 @@ fn drain(c: &Counter) -> u64 {
     taken
 }
 
-thread_local! {
-    /// The thread-local peer: no sharing at all, the floor for any shared counter.
-    static TLS_COUNT: Cell<u64> = const { Cell::new(0) };
-}
-
-/// Own cache lines (128 bytes: adjacent-line prefetch on x86), so a peer's cells never
-/// false-share with each other or with anything else.
-#[repr(align(128))]
-struct Padded<T>(T);
-
-/// The LongAdder-style peer: `2 × CPUs` padded cells (a power of two), each thread
-/// adding to the cell its stripe hash picks. The hash spreads consecutive threads to
-/// different cells, which is the striped counter at its best (LongAdder itself starts
-/// with one cell and probes randomly).
-struct Striped {
-    cells: Box<[Padded<AtomicU64>]>,
-    /// Right shift that turns a stripe hash into a cell index.
-    shift: u32,
-}
-
-impl Striped {
-    fn new() -> Striped {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        let len = (2 * cpus).next_power_of_two();
-        Striped {
-            cells: (0..len).map(|_| Padded(AtomicU64::new(0))).collect(),
-            shift: 64 - len.trailing_zeros(),
-        }
-    }
-
-    #[inline]
-    fn inc(&self) {
-        let cell = (stripe_hash() >> self.shift) as usize;
-        self.cells[cell].0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn sum(&self) -> u64 {
-        self.cells
-            .iter()
-            .fold(0, |sum, c| sum.wrapping_add(c.0.load(Ordering::Relaxed)))
-    }
-}
-
-/// Threads numbered in order of their first striped add.
-static NEXT_STRIPE: AtomicU64 = AtomicU64::new(1);
-
-thread_local! {
-    /// This thread's stripe hash; 0 until its first striped add.
-    static STRIPE: Cell<u64> = const { Cell::new(0) };
-}
-
-/// The calling thread's stripe hash, computed once per thread: its number times
-/// 2^64/φ (Fibonacci hashing), whose top bits put consecutive numbers in different
-/// cells whenever there are at least 4 (2 × CPUs on any multi-CPU machine).
-#[inline]
-fn stripe_hash() -> u64 {
-    STRIPE.with(|s| match s.get() {
-        0 => {
-            let h = stripe_of(NEXT_STRIPE.fetch_add(1, Ordering::Relaxed));
-            s.set(h);
-            h
-        }
-        h => h,
-    })
-}
-
-/// Thread number `n`'s stripe hash; the odd multiplier keeps it nonzero for n > 0.
-fn stripe_of(n: u64) -> u64 {
-    n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{MachineLine, Report};
@@ -435,7 +364,10 @@ mod tests {
     fn consecutive_threads_take_different_stripes() {
         // 4 cells, as on the 2-CPU reference machine; more cells only separate more.
         for n in 1..10_000 {
-            let (a, b) = (stripe_of(n) >> 62, stripe_of(n + 1) >> 62);
+            let (a, b) = (
+                super::super::peers::stripe_of(n) >> 62,
+                super::super::peers::stripe_of(n + 1) >> 62,
+            );
             assert_ne!(a, b, "threads {n} and {} share a cell", n + 1);
         }
     }

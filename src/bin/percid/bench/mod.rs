@@ -15,6 +15,7 @@
 
 pub mod counter;
 pub mod getcpu;
+pub(crate) mod peers;
 
 use std::fmt::Write as _;
 use std::hint::black_box;
