@@ -39,6 +39,15 @@ struct Padded<T>(UnsafeCell<T>);
 ///
 /// `with` must not be nested on the same `PerCid` (the inner call waits for the
 /// lock its own thread holds, like a nested `Mutex::lock`).
+///
+/// Values move between threads (whoever runs on a cid uses its value), so sharing a
+/// `PerCid` needs `T: Send`:
+///
+/// ```compile_fail
+/// fn shared<T: Sync>(_: &T) {}
+/// let values = percid::PerCid::new(|| std::rc::Rc::new(0u8)).unwrap();
+/// shared(&values); // Rc is not Send: error
+/// ```
 pub struct PerCid<T, F = fn() -> T> {
     lock: Words<'static>,
     /// Values by unit: cids first, then lanes.
