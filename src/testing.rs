@@ -1,6 +1,7 @@
 //! Test hooks (feature `testing`): place the calling thread on simulated cids and
-//! nodes, inject aborts. They act on the simulated backend only
-//! (`PERCID_BACKEND=simulated`, or `cfg(loom)`); other backends ignore them.
+//! nodes, inject aborts (these act on the simulated backend only:
+//! `PERCID_BACKEND=simulated`, or `cfg(loom)`), and move a thread to the portable
+//! backend (any backend).
 
 /// Moves the calling thread to simulated cid `cid`: its next section runs there.
 pub fn set_simulated_cid(cid: u32) {

@@ -29,6 +29,8 @@ pub enum StorageError {
     },
     /// Reserving a chunk's address space failed with this errno.
     Map(i32),
+    /// An allocation of zero words was asked for.
+    Empty,
 }
 
 impl fmt::Display for StorageError {
@@ -38,6 +40,7 @@ impl fmt::Display for StorageError {
                 f,
                 "an allocation of {words} words per cid exceeds the unit size ({max} words)"
             ),
+            StorageError::Empty => f.write_str("an allocation needs at least one word"),
             StorageError::Map(errno) => write!(
                 f,
                 "reserving per-cid storage failed: {}",
@@ -66,7 +69,10 @@ pub struct StorageStats {
     pub resident_bytes: usize,
 }
 
-/// One reservation: `cid_capacity + lanes` units of `UNIT_BYTES` each.
+/// One reservation: `cid_capacity + lanes` units of `UNIT_BYTES` each. Aligned to
+/// its own cache lines: every section reads `cid_limit`, which must not share a line
+/// with unrelated data that others write.
+#[repr(align(128))]
 pub(crate) struct Chunk {
     memory: *mut AtomicU64,
     cid_capacity: u32,
@@ -78,8 +84,9 @@ pub(crate) struct Chunk {
     lane_limit: AtomicU32,
 }
 
-// SAFETY: a chunk is a reservation of atomics plus atomic limits; it is shared by
-// reference only and freed by its arena.
+// SAFETY: a chunk is a reservation of atomics plus atomic limits, written through
+// `AtomicU64` or by the critical sections' single-instruction commits (x86 stores,
+// single-copy atomic); it is shared by reference only and freed by its arena.
 unsafe impl Send for Chunk {}
 // SAFETY: as above; all access to the memory goes through `AtomicU64`.
 unsafe impl Sync for Chunk {}
@@ -300,7 +307,10 @@ impl Arena {
     /// Allocates `len` zeroed words in every unit (every index and lane). Runs of up
     /// to 8 words never straddle a cache line.
     pub fn alloc(&self, len: usize) -> Result<Words<'_>, StorageError> {
-        if len == 0 || len > Self::MAX_WORDS {
+        if len == 0 {
+            return Err(StorageError::Empty);
+        }
+        if len > Self::MAX_WORDS {
             return Err(StorageError::TooLarge {
                 words: len,
                 max: Self::MAX_WORDS,
@@ -325,10 +335,12 @@ impl Arena {
             }
         };
         state.words_in_use += len;
+        let chunk_index = chunk;
         let chunk: *const Chunk = &*state.chunks[chunk];
         drop(state);
         Ok(Words {
             arena: self,
+            chunk_index: chunk_index as u32,
             // SAFETY: chunks are boxed (stable addresses) and dropped only with the
             // arena, which `Words<'_>` borrows.
             chunk: unsafe { &*chunk },
@@ -338,7 +350,7 @@ impl Arena {
     }
 
     /// Returns a run to the arena, zeroed in every unit that may have written it.
-    fn free(&self, chunk: &Chunk, offset: usize, len: usize) {
+    fn free(&self, chunk_index: usize, chunk: &Chunk, offset: usize, len: usize) {
         for unit in chunk.live_units() {
             for i in 0..len {
                 let word = chunk.word(unit, offset + i);
@@ -349,13 +361,8 @@ impl Arena {
             }
         }
         let mut state = lock(&self.state);
-        let index = state
-            .chunks
-            .iter()
-            .position(|c| std::ptr::eq(&**c, chunk))
-            .expect("a run is freed into the arena that allocated it");
         state.free.push(FreeRun {
-            chunk: index,
+            chunk: chunk_index,
             offset,
             len,
         });
@@ -425,6 +432,8 @@ fn lock<T>(mutex: &Mutex<T>) -> crate::sync::MutexGuard<'_, T> {
 /// lane. Freed (and zeroed) on drop.
 pub struct Words<'a> {
     arena: &'a Arena,
+    /// Position of `chunk` in the arena's list (to free without a search).
+    chunk_index: u32,
     chunk: &'a Chunk,
     offset: u32,
     len: u32,
@@ -475,8 +484,12 @@ impl<'a> Words<'a> {
 
 impl Drop for Words<'_> {
     fn drop(&mut self) {
-        self.arena
-            .free(self.chunk, self.offset as usize, self.len as usize);
+        self.arena.free(
+            self.chunk_index as usize,
+            self.chunk,
+            self.offset as usize,
+            self.len as usize,
+        );
     }
 }
 

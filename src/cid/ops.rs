@@ -198,6 +198,10 @@ impl HotWord {
 impl<'a> Word<'a> {
     /// This word in the unit of `shard`, or `None` when that shard is not
     /// materialised (nothing was ever written there).
+    ///
+    /// For reading, and for writing words the sections only read (a buffer address
+    /// installed with `compare_exchange`) or that the caller owns (a lock it holds):
+    /// an atomic write racing a section's commit on the same word loses one of them.
     #[inline]
     pub fn at(self, shard: Shard) -> Option<&'a AtomicU64> {
         let unit = match shard {
@@ -219,6 +223,11 @@ impl<'a> Word<'a> {
             .chain(
                 (0..lanes).map(move |l| (Shard::Lane(l), chunk.word(chunk.lane_unit(l), offset))),
             )
+    }
+
+    /// How many shards may hold a value (materialised indexes and lanes): O(1).
+    pub fn shard_count(self) -> u32 {
+        self.chunk.cid_limit() + self.chunk.lane_limit()
     }
 
     /// The wrapping sum of the word over every shard. Visits only materialised
@@ -547,8 +556,9 @@ impl<'a> Word<'a> {
     /// thread, not a section on the caller's own cid. Slow (an rseq fence on the
     /// rseq backend): for visiting or draining other cids' state.
     ///
-    /// `new` must be a value the sections on this word never store (an owner token
-    /// of the foreign caller), so that an overwrite by a racing section shows.
+    /// `new` must be a value the sections on this word never store *and* that no
+    /// other foreign caller uses at the same time (a per-call owner token), so that
+    /// an overwrite by a racing section shows, and ownership is never shared.
     ///
     /// * A lane: under the lane's lock, like every portable section.
     /// * A simulated cid: under its commit lock, after bumping its generation (which

@@ -176,7 +176,10 @@ impl Shards {
         let Some(Ok(words)) = self.words.get() else {
             return;
         };
-        let (Some(v), Some(c)) = (value.at(shard), words.word(CARRIED).at(shard)) else {
+        let Some(carried_word) = words.get(CARRIED) else {
+            return;
+        };
+        let (Some(v), Some(c)) = (value.at(shard), carried_word.at(shard)) else {
             return;
         };
         // The carried word first, with acquire: see `carry_slow`.
@@ -213,7 +216,7 @@ impl Shards {
                 )
                 .is_ok()
             {
-                self.carried.fetch_add(whole, Ordering::Relaxed);
+                self.carried.fetch_add(whole, Ordering::Release);
             }
         }
     }
@@ -227,17 +230,12 @@ impl Shards {
         shards.wrapping_add(self.spill.load(Ordering::Relaxed))
     }
 
-    /// The raw sum minus what was taken, read so that a `take` running meanwhile
-    /// cannot make it go below zero: `taken` is read before and after the shards, and
-    /// the read is repeated if a take landed in between.
+    /// The raw sum minus what was taken. `taken` is read first, with acquire: the
+    /// take that stored it read every shard before its release, so the shard reads
+    /// here are not older than those and the difference never goes below zero.
     fn sum(&self) -> u64 {
-        loop {
-            let taken = self.taken.load(Ordering::Acquire);
-            let raw = self.raw_sum();
-            if self.taken.load(Ordering::Acquire) == taken {
-                return raw.wrapping_sub(taken);
-            }
-        }
+        let taken = self.taken.load(Ordering::Acquire);
+        self.raw_sum().wrapping_sub(taken)
     }
 
     /// Reads and resets: every add lands in exactly one `take` or in a later `sum`.
@@ -263,7 +261,7 @@ impl Shards {
     /// Cids (and lanes) that may hold an uncarried remainder.
     fn shards_seen(&self) -> u64 {
         match self.words.get() {
-            Some(Ok(words)) => words.first().shards().count() as u64,
+            Some(Ok(words)) => u64::from(words.first().shard_count()),
             _ => 0,
         }
     }
@@ -272,20 +270,17 @@ impl Shards {
         if self.batch == 0 {
             return (self.sum(), 0);
         }
+        // `taken` first (acquire), then what was carried. Both are running totals
+        // since creation; the carried one may trail `taken` (adds committed but not
+        // yet carried when the take read them), so the difference saturates at 0. A
+        // counter whose adds exceed 2^64 in all wraps, and its approximation with it.
+        let taken = self.taken.load(Ordering::Acquire);
         let carried = self
             .carried
-            .load(Ordering::Relaxed)
+            .load(Ordering::Acquire)
             .wrapping_add(self.spill.load(Ordering::Relaxed));
-        let max_error = self.shards_seen() * (self.batch - 1);
-        // Modulo 2^64 the carried total trails the untaken sum by at most the error;
-        // a difference just below zero means the carry trails a small sum.
-        let value = carried.wrapping_sub(self.taken.load(Ordering::Acquire));
-        let value = if value > u64::MAX - max_error {
-            0
-        } else {
-            value
-        };
-        (value, max_error)
+        let max_error = self.shards_seen().saturating_mul(self.batch - 1);
+        (carried.saturating_sub(taken), max_error)
     }
 
     fn compare(&self, n: u64) -> CmpOrdering {
@@ -362,9 +357,10 @@ impl Counter {
         self.shards.take()
     }
 
-    /// An O(1) read and its error bound: the total lies within `value ..= value +
-    /// max_error` once concurrent adds have returned (`max_error` = cids seen ×
-    /// (batch − 1)). With no batch (the default), the exact [`Counter::sum`] and 0.
+    /// A cheap read and its error bound: the total lies within `value ..= value +
+    /// max_error` once concurrent adds and takes have returned (`max_error` = shards
+    /// seen × (batch − 1), saturating). Costs two loads and no walk over the shards.
+    /// With no batch (the default), the exact [`Counter::sum`] and 0.
     pub fn approx(&self) -> (u64, u64) {
         self.shards.approx()
     }

@@ -2,11 +2,12 @@
 //! compare-and-store — the "per-CPU spinlock" of the rseq work, keyed by mm_cid.
 //!
 //! Lock word states, per shard: `0` free; [`LOCKED`] held by a thread that took it
-//! with a critical section on that shard; [`VISITING`] held by a thread visiting from
-//! elsewhere (`for_each`). Only sections (and the lane lock, for lanes) move it from
-//! free to [`LOCKED`]; only the holder moves it back to free, with an atomic store,
-//! from whatever CPU it runs on by then. A holder that is preempted keeps the lock:
-//! the others on that cid spin briefly, then yield.
+//! with a critical section on that shard; an even token (2, 4, ...) held by a thread
+//! visiting from elsewhere (`for_each`), unique per visit. Only sections (and the lane
+//! lock, for lanes) move it from free to [`LOCKED`], a visitor from free to its token;
+//! only the holder moves it back to free, with an atomic store, from whatever CPU it
+//! runs on by then. A holder that is preempted keeps the lock: the others on that cid
+//! spin briefly, then yield.
 
 use crate::cid::{self, Arena, ForeignError, Shard, StorageError, Word, Words};
 use crate::rseq::MembarrierError;
@@ -16,7 +17,13 @@ use std::fmt;
 use std::sync::OnceLock;
 
 const LOCKED: u64 = 1;
-const VISITING: u64 = 2;
+
+/// A fresh owner token for one visit: even and at least 2, so never `LOCKED`, and
+/// unique, so two visitors can never both believe they hold one shard.
+fn visit_token() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 1
+}
 
 /// A value padded to its own cache lines (128 bytes: adjacent-line prefetch on x86).
 #[repr(align(128))]
@@ -140,8 +147,9 @@ impl<T, F: Fn() -> T> PerCid<T, F> {
                 continue;
             }
             let mut round = 0;
+            let token = visit_token();
             loop {
-                match word.foreign_compare_store(shard, 0, VISITING) {
+                match word.foreign_compare_store(shard, 0, token) {
                     Ok(Ok(())) => break,
                     Ok(Err(_held)) => crate::sync::backoff(&mut round),
                     Err(ForeignError::Fence(e)) => return Err(e),
