@@ -9,7 +9,7 @@
 //!   (or a plain atomic read-modify-write where one instruction does the job).
 
 use super::arena::{Chunk, HEADER_GENERATION, HEADER_LOCK, Word, Words};
-use crate::rseq::arch::{self, Cpu, PayloadArgs, Status};
+use crate::rseq::arch::{self, PayloadArgs, SectionSite, SectionStatus};
 use crate::rseq::registration::{ThreadBackend, any_rseq_thread, process, thread_backend};
 use crate::rseq::simulated::{self, SimSection};
 use crate::rseq::spec::{self, Aborted, Locked, Payload, PayloadOutcome, Section};
@@ -40,12 +40,12 @@ enum Attempt<T> {
 
 impl<T> Attempt<T> {
     #[inline(always)]
-    fn from_status(status: Status, index: u32, done: impl FnOnce(bool) -> T) -> Attempt<T> {
+    fn from_status(status: SectionStatus, index: u32, done: impl FnOnce(bool) -> T) -> Attempt<T> {
         match status {
-            Status::Committed => Attempt::Done(done(true), index),
-            Status::Failed => Attempt::Done(done(false), index),
-            Status::Aborted => Attempt::Aborted,
-            Status::NotMaterialized => Attempt::NotMaterialized(index),
+            SectionStatus::Committed => Attempt::Done(done(true), index),
+            SectionStatus::Failed => Attempt::Done(done(false), index),
+            SectionStatus::Aborted => Attempt::Aborted,
+            SectionStatus::NotMaterialized => Attempt::NotMaterialized(index),
         }
     }
 }
@@ -56,13 +56,13 @@ impl<T> Attempt<T> {
 #[inline(always)]
 fn run<T>(
     chunk: &Chunk,
-    mut rseq: impl FnMut(Cpu) -> Attempt<T>,
+    mut rseq: impl FnMut(SectionSite) -> Attempt<T>,
     mut spec: impl FnMut(&mut dyn Section, usize) -> Result<T, Aborted>,
     lane: Option<&dyn Fn(usize) -> T>,
 ) -> (T, Shard) {
     match thread_backend() {
         ThreadBackend::Rseq { area, index } => {
-            let cpu = Cpu {
+            let cpu = SectionSite {
                 area,
                 index,
                 limit: chunk.limit_ptr(),
@@ -162,7 +162,7 @@ impl HotWord {
     #[inline(always)]
     pub(crate) fn try_add_committed(self, v: u64) -> bool {
         if let ThreadBackend::Rseq { area, index } = thread_backend() {
-            let cpu = Cpu {
+            let cpu = SectionSite {
                 area,
                 index,
                 limit: self.limit,
@@ -179,7 +179,7 @@ impl HotWord {
     #[inline(always)]
     pub(crate) fn try_add(self, v: u64) -> Option<Shard> {
         if let ThreadBackend::Rseq { area, index } = thread_backend() {
-            let cpu = Cpu {
+            let cpu = SectionSite {
                 area,
                 index,
                 limit: self.limit,
@@ -187,7 +187,7 @@ impl HotWord {
             // SAFETY: `base` and `limit` come from `Word::hot` of a live word (the
             // caller keeps the word's allocation alive); otherwise as in `Word::add`.
             let (st, idx) = unsafe { arch::load_add_store(cpu, self.base, v) };
-            if st == Status::Committed {
+            if st == SectionStatus::Committed {
                 return Some(Shard::Cid(idx));
             }
         }
@@ -248,7 +248,7 @@ impl<'a> Word<'a> {
             // base is this word in unit 0 and every unit below the limit is mapped;
             // the word is written only by sections (one discipline per word).
             let (st, idx) = unsafe { arch::load_add_store(cpu, self.chunk.unit0(self.offset), v) };
-            if st == Status::Committed {
+            if st == SectionStatus::Committed {
                 return Shard::Cid(idx);
             }
         }
@@ -262,9 +262,9 @@ impl<'a> Word<'a> {
 
     /// The calling thread's section context when it is on the rseq backend.
     #[inline(always)]
-    fn rseq_cpu(self) -> Option<Cpu> {
+    fn rseq_cpu(self) -> Option<SectionSite> {
         match thread_backend() {
-            ThreadBackend::Rseq { area, index } => Some(Cpu {
+            ThreadBackend::Rseq { area, index } => Some(SectionSite {
                 area,
                 index,
                 limit: self.chunk.limit_ptr(),
@@ -304,8 +304,8 @@ impl<'a> Word<'a> {
             // SAFETY: as in `add`.
             let (st, idx, seen) = unsafe { arch::load_cbne_store(cpu, base, expect, new) };
             match st {
-                Status::Committed => return Ok(Shard::Cid(idx)),
-                Status::Failed => return Err(seen),
+                SectionStatus::Committed => return Ok(Shard::Cid(idx)),
+                SectionStatus::Failed => return Err(seen),
                 _ => {}
             }
         }
@@ -351,8 +351,8 @@ impl<'a> Word<'a> {
             // SAFETY: as in `add`; listed nodes are live (the caller's contract).
             let (st, idx, node) = unsafe { arch::list_pop(cpu, self.chunk.unit0(self.offset)) };
             match st {
-                Status::Committed => return Some((node, Shard::Cid(idx))),
-                Status::Failed => return None,
+                SectionStatus::Committed => return Some((node, Shard::Cid(idx))),
+                SectionStatus::Failed => return None,
                 _ => {}
             }
         }
@@ -399,8 +399,8 @@ impl<'a> Word<'a> {
             // SAFETY: as in `add`; the node is the caller's (the contract).
             let (st, idx) = unsafe { arch::list_push(cpu, base, node, u64::from(max_len)) };
             match st {
-                Status::Committed => return Ok(Shard::Cid(idx)),
-                Status::Failed => return Err(ListFull),
+                SectionStatus::Committed => return Ok(Shard::Cid(idx)),
+                SectionStatus::Failed => return Err(ListFull),
                 _ => {}
             }
         }
@@ -517,7 +517,7 @@ impl Words<'_> {
                 // SAFETY: as in `add`, plus the caller's contract on the buffers.
                 let (st, idx) = unsafe { arch::store_payload_commit_index(cpu, &args) };
                 match st {
-                    Status::NotMaterialized if idx < chunk.cid_limit() => {
+                    SectionStatus::NotMaterialized if idx < chunk.cid_limit() => {
                         Attempt::Done(PayloadOutcome::NoBuffer, idx)
                     }
                     st => Attempt::from_status(st, idx, |committed| {

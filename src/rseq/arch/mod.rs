@@ -20,7 +20,7 @@ mod portable_only {
     //! and these are never called. Should one be, every section reports `Aborted`
     //! and the caller takes its lane.
 
-    use super::{Cpu, PayloadArgs, Status};
+    use super::{PayloadArgs, SectionSite, SectionStatus};
 
     pub(crate) const HAS_SECTIONS: bool = false;
 
@@ -31,43 +31,55 @@ mod portable_only {
 
     /// # Safety
     /// None needed: nothing is accessed.
-    pub(crate) unsafe fn load_add_store(_: Cpu, _: *mut u64, _: u64) -> (Status, u32) {
-        (Status::Aborted, 0)
+    pub(crate) unsafe fn load_add_store(
+        _: SectionSite,
+        _: *mut u64,
+        _: u64,
+    ) -> (SectionStatus, u32) {
+        (SectionStatus::Aborted, 0)
     }
 
     /// # Safety
     /// None needed: nothing is accessed.
-    pub(crate) unsafe fn load_add_store_committed(_: Cpu, _: *mut u64, _: u64) -> bool {
+    pub(crate) unsafe fn load_add_store_committed(_: SectionSite, _: *mut u64, _: u64) -> bool {
         false
     }
 
     /// # Safety
     /// None needed: nothing is accessed.
     pub(crate) unsafe fn load_cbne_store(
-        _: Cpu,
+        _: SectionSite,
         _: *mut u64,
         _: u64,
         _: u64,
-    ) -> (Status, u32, u64) {
-        (Status::Aborted, 0, 0)
+    ) -> (SectionStatus, u32, u64) {
+        (SectionStatus::Aborted, 0, 0)
     }
 
     /// # Safety
     /// None needed: nothing is accessed.
-    pub(crate) unsafe fn list_pop(_: Cpu, _: *mut u64) -> (Status, u32, usize) {
-        (Status::Aborted, 0, 0)
+    pub(crate) unsafe fn list_pop(_: SectionSite, _: *mut u64) -> (SectionStatus, u32, usize) {
+        (SectionStatus::Aborted, 0, 0)
     }
 
     /// # Safety
     /// None needed: nothing is accessed.
-    pub(crate) unsafe fn list_push(_: Cpu, _: *mut u64, _: usize, _: u64) -> (Status, u32) {
-        (Status::Aborted, 0)
+    pub(crate) unsafe fn list_push(
+        _: SectionSite,
+        _: *mut u64,
+        _: usize,
+        _: u64,
+    ) -> (SectionStatus, u32) {
+        (SectionStatus::Aborted, 0)
     }
 
     /// # Safety
     /// None needed: nothing is accessed.
-    pub(crate) unsafe fn store_payload_commit_index(_: Cpu, _: &PayloadArgs) -> (Status, u32) {
-        (Status::Aborted, 0)
+    pub(crate) unsafe fn store_payload_commit_index(
+        _: SectionSite,
+        _: &PayloadArgs,
+    ) -> (SectionStatus, u32) {
+        (SectionStatus::Aborted, 0)
     }
 }
 #[cfg(not(all(target_arch = "x86_64", not(loom))))]
@@ -76,7 +88,7 @@ pub(crate) use portable_only::*;
 /// Where a section runs: the thread's registered area and index field, and the
 /// arena's materialised-index limit.
 #[derive(Clone, Copy)]
-pub(crate) struct Cpu {
+pub(crate) struct SectionSite {
     /// Address of the thread's registered `struct rseq`.
     pub area: usize,
     /// Address of the field that indexes shards (`mm_cid` or `cpu_id`).
@@ -107,7 +119,7 @@ pub(crate) struct PayloadArgs {
 /// What one attempt of a critical section ended with, as the asm reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
-pub(crate) enum Status {
+pub(crate) enum SectionStatus {
     /// The committing store happened.
     Committed = 0,
     /// The kernel aborted the section (preemption, migration, signal).
@@ -120,14 +132,14 @@ pub(crate) enum Status {
     Failed = 3,
 }
 
-impl Status {
+impl SectionStatus {
     #[inline(always)]
-    pub(crate) fn from_raw(raw: u32) -> Status {
+    pub(crate) fn from_raw(raw: u32) -> SectionStatus {
         match raw {
-            0 => Status::Committed,
-            1 => Status::Aborted,
-            2 => Status::NotMaterialized,
-            _ => Status::Failed,
+            0 => SectionStatus::Committed,
+            1 => SectionStatus::Aborted,
+            2 => SectionStatus::NotMaterialized,
+            _ => SectionStatus::Failed,
         }
     }
 }

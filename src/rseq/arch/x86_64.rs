@@ -17,7 +17,7 @@
 //! aborted, `7` not materialised, `8` end, `9` failed, `22`/`23` loops. Labels made only
 //! of 0s and 1s would be read as binary literals by LLVM and are avoided.
 
-use super::{Cpu, PayloadArgs, Status};
+use super::{PayloadArgs, SectionSite, SectionStatus};
 use crate::cid::UNIT_SHIFT;
 use crate::rseq::abi;
 use core::arch::asm;
@@ -127,7 +127,11 @@ macro_rules! section_end {
 /// every index below `*cpu.limit`, `base + (index << UNIT_SHIFT)` is a valid, 8-byte
 /// aligned word that only rseq commits write.
 #[inline(always)]
-pub(crate) unsafe fn load_add_store(cpu: Cpu, base: *mut u64, v: u64) -> (Status, u32) {
+pub(crate) unsafe fn load_add_store(
+    cpu: SectionSite,
+    base: *mut u64,
+    v: u64,
+) -> (SectionStatus, u32) {
     let st: u32;
     let idx: u32;
     // SAFETY: the caller guarantees the area, index field, limit and every unit word
@@ -152,7 +156,7 @@ pub(crate) unsafe fn load_add_store(cpu: Cpu, base: *mut u64, v: u64) -> (Status
             options(nostack),
         )
     };
-    (Status::from_raw(st), idx)
+    (SectionStatus::from_raw(st), idx)
 }
 
 /// `load_add_store` for callers that only need to know whether it committed: the
@@ -163,7 +167,7 @@ pub(crate) unsafe fn load_add_store(cpu: Cpu, base: *mut u64, v: u64) -> (Status
 /// # Safety
 /// As for [`load_add_store`].
 #[inline(always)]
-pub(crate) unsafe fn load_add_store_committed(cpu: Cpu, base: *mut u64, v: u64) -> bool {
+pub(crate) unsafe fn load_add_store_committed(cpu: SectionSite, base: *mut u64, v: u64) -> bool {
     let mut committed = true;
     // SAFETY: as for `load_add_store`.
     unsafe {
@@ -208,11 +212,11 @@ pub(crate) unsafe fn load_add_store_committed(cpu: Cpu, base: *mut u64, v: u64) 
 /// As for [`load_add_store`].
 #[inline(always)]
 pub(crate) unsafe fn load_cbne_store(
-    cpu: Cpu,
+    cpu: SectionSite,
     base: *mut u64,
     expect: u64,
     new: u64,
-) -> (Status, u32, u64) {
+) -> (SectionStatus, u32, u64) {
     let st: u32;
     let idx: u32;
     let seen: u64;
@@ -243,7 +247,7 @@ pub(crate) unsafe fn load_cbne_store(
             options(nostack),
         )
     };
-    (Status::from_raw(st), idx, seen)
+    (SectionStatus::from_raw(st), idx, seen)
 }
 
 /// `list_pop`: `head = *word(idx)`; fail when empty; `*word(idx) = node.next` (the
@@ -256,7 +260,7 @@ pub(crate) unsafe fn load_cbne_store(
 /// As for [`load_add_store`]; moreover every node reachable from a head word is a
 /// readable, 8-byte aligned word (its link) that nobody frees while it is listed.
 #[inline(always)]
-pub(crate) unsafe fn list_pop(cpu: Cpu, base: *mut u64) -> (Status, u32, usize) {
+pub(crate) unsafe fn list_pop(cpu: SectionSite, base: *mut u64) -> (SectionStatus, u32, usize) {
     let st: u32;
     let idx: u32;
     let node: usize;
@@ -291,7 +295,7 @@ pub(crate) unsafe fn list_pop(cpu: Cpu, base: *mut u64) -> (Status, u32, usize) 
             options(nostack),
         )
     };
-    (Status::from_raw(st), idx, node)
+    (SectionStatus::from_raw(st), idx, node)
 }
 
 /// `list_push`: `head = *word(idx)`; fail when the list holds `max_len` nodes;
@@ -303,11 +307,11 @@ pub(crate) unsafe fn list_pop(cpu: Cpu, base: *mut u64) -> (Status, u32, usize) 
 /// owned by the caller, and `max_len` is below 2^16.
 #[inline(always)]
 pub(crate) unsafe fn list_push(
-    cpu: Cpu,
+    cpu: SectionSite,
     base: *mut u64,
     node: usize,
     max_len: u64,
-) -> (Status, u32) {
+) -> (SectionStatus, u32) {
     let st: u32;
     let idx: u32;
     // SAFETY: as above; the section writes the caller's private node, `rseq_cs` and
@@ -345,7 +349,7 @@ pub(crate) unsafe fn list_push(
             options(nostack),
         )
     };
-    (Status::from_raw(st), idx)
+    (SectionStatus::from_raw(st), idx)
 }
 
 /// `store_payload_commit_index`: `t = *tail(idx)`, `h = *head(idx)`; fail when
@@ -359,7 +363,10 @@ pub(crate) unsafe fn list_push(
 /// head + capacity, only this index's producers write; `src` is readable for
 /// `slot_bytes` bytes.
 #[inline(always)]
-pub(crate) unsafe fn store_payload_commit_index(cpu: Cpu, args: &PayloadArgs) -> (Status, u32) {
+pub(crate) unsafe fn store_payload_commit_index(
+    cpu: SectionSite,
+    args: &PayloadArgs,
+) -> (SectionStatus, u32) {
     let st: u32;
     let idx: u32;
     // SAFETY: as above; the section writes one free slot of this index's buffer,
@@ -416,5 +423,5 @@ pub(crate) unsafe fn store_payload_commit_index(cpu: Cpu, args: &PayloadArgs) ->
             options(nostack),
         )
     };
-    (Status::from_raw(st), idx)
+    (SectionStatus::from_raw(st), idx)
 }
