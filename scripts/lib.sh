@@ -12,7 +12,7 @@
 #     step, times it, keeps going after a failure and ends with the line
 #     `N passed, N failed` that CI reads;
 #   - tool detection and installation (`have`, `need_cargo`, `nightly_available`,
-#     `apt_install`, `fuzz_targets`, `locked_args`);
+#     `apt_install`, `fuzz_targets`, `locked_args`, `have_hwloc_dev`);
 #   - the dry-run switch: with PERCID_TEST_DRY=1 nothing is built, run or installed,
 #     every step only prints what it would do. It is ignored when CI=true, so a CI run
 #     can never pass without testing anything.
@@ -211,6 +211,17 @@ fuzz_targets() {
 }
 
 have_cargo_fuzz() { cargo fuzz --version >/dev/null 2>&1; }
+
+# What the `numa` feature builds against: hwlocality's build script asks pkg-config for
+# hwloc >= 2.8 (the feature `hwloc-2_8_0`) with static=true, which also links -ludev.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+HWLOC_PACKAGES=(libhwloc-dev libudev-dev pkg-config)
+
+# True when the `numa` feature can build here (never installs anything).
+have_hwloc_dev() {
+    have pkg-config || return 1
+    pkg-config --exists 'hwloc >= 2.8.0' && pkg-config --exists libudev
+}
 
 # loom_tests PREEMPTIONS: the loom models, built with `--cfg loom` in their own target
 # dir (target/loom: the flag would otherwise invalidate the normal build cache).

@@ -23,6 +23,9 @@
 //!   rseq fence ([`rseq::fence_rseq`]).
 //! * [`cid`]: per-cid storage, the strided [`cid::Arena`] every structure allocates
 //!   from; its [`cid::Word`] operations run one critical section each.
+//! * [`numa`]: the topology, node-bound memory and placement checks behind the
+//!   NUMA-aware structures ([`NumaCounter`]): shards keyed by (`node_id`, `mm_cid`),
+//!   both read in one critical section.
 //! * [`counter`], [`pool`], [`ring`]: the structures (see their modules).
 //!
 //! # Safety and correctness
@@ -56,6 +59,7 @@
 
 pub mod cid;
 pub mod counter;
+pub mod numa;
 pub mod pool;
 pub mod ring;
 pub mod rseq;
@@ -64,5 +68,5 @@ pub(crate) mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use counter::{Counter, CounterBuilder, PerCid, SignedCounter};
+pub use counter::{Counter, CounterBuilder, NumaCounter, PerCid, SignedCounter};
 pub use rseq::{current_cid, current_cpu, current_node};

@@ -13,6 +13,18 @@ pub fn set_simulated_node(node: u32) {
     crate::rseq::simulated::set_thread_node(node);
 }
 
+/// Makes the calling thread's NUMA operations run as if it were on node `node`
+/// (`None`: its real node again), in every backend: on rseq the NUMA sections read
+/// an injected thread-local cell instead of the kernel's `node_id` (still inside the
+/// section), on the simulated backend this sets the simulated node. The portable
+/// backend has no node (its lanes follow the CPU). `current_node` follows the
+/// injection on rseq threads.
+pub fn inject_node(node: Option<u32>) {
+    #[cfg(not(loom))]
+    crate::rseq::registration::inject_node(node);
+    crate::rseq::simulated::set_thread_node(node.unwrap_or(0));
+}
+
 /// Makes `per_1024` of every 1024 simulated section steps abort, for the calling thread.
 pub fn set_simulated_abort_rate(per_1024: u32) {
     crate::rseq::simulated::set_abort_rate(per_1024);

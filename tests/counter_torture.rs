@@ -3,9 +3,10 @@
 //! 64 threads on 2 CPUs, optionally under a signal storm and constant migrations (see
 //! `tests/common/mod.rs`), in every backend mode, with exact results.
 
+#[macro_use]
 mod common;
 
-use common::{Torture, scaled, tick};
+use common::{Torture, quarter, tick};
 use percid::{Counter, PerCid, SignedCounter};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -146,44 +147,9 @@ fn per_cid(t: Torture) {
     assert_eq!(total, t.ops_total, "PerCid lost updates under its lock");
 }
 
-/// The counter tests use fewer operations than the raw sections: each does two or
-/// more sections per operation.
-fn quarter(mut t: Torture) -> Torture {
-    t.ops_total = scaled(2_500_000).min(t.ops_total);
-    t
-}
-
-macro_rules! variants {
-    ($($name:ident => $run:expr;)*) => {$(
-        mod $name {
-            use super::*;
-
-            #[test]
-            fn plain() {
-                ($run)(quarter(Torture::plain()));
-            }
-
-            #[test]
-            fn storm() {
-                ($run)(quarter(Torture::storm()));
-            }
-
-            #[test]
-            fn migrate() {
-                ($run)(quarter(Torture::migrate()));
-            }
-
-            #[test]
-            fn storm_migrate() {
-                ($run)(quarter(Torture::storm_migrate()));
-            }
-        }
-    )*};
-}
-
-variants! {
-    counter => super::counters;
-    signed => super::gauge;
-    take_races_adds => super::take;
-    per_cid_lock => super::per_cid;
+torture_variants! {
+    counter => |t| super::counters(quarter(t));
+    signed => |t| super::gauge(quarter(t));
+    take_races_adds => |t| super::take(quarter(t));
+    per_cid_lock => |t| super::per_cid(quarter(t));
 }

@@ -22,8 +22,10 @@ use loom::sync::atomic::AtomicBool;
 use loom::thread;
 use percid::cid::Arena;
 use percid::counter::PerCid;
-use percid::testing::{force_portable_backend, set_simulated_abort_rate, set_simulated_cid};
-use percid::{Counter, SignedCounter};
+use percid::testing::{
+    force_portable_backend, inject_node, set_simulated_abort_rate, set_simulated_cid,
+};
+use percid::{Counter, NumaCounter, SignedCounter};
 use std::cmp::Ordering as CmpOrdering;
 use std::sync::atomic::Ordering;
 
@@ -452,4 +454,69 @@ fn for_each_concurrent_with_portable_with(yield_first: bool) {
         // if it already existed.
         assert_eq!(total(p), 2 + 10 * visited);
     });
+}
+
+// ---------------------------------------------------------------------------------
+// NumaCounter: the (node, cid) units of a 2-node arena
+
+/// Two adders placed on (node, cid) pairs of a 2-node arena: the total and the
+/// per-node totals are exact. Same cid on two nodes (two units that share nothing
+/// but the cid), same node and cid (one unit, serialised by its section), and a
+/// portable thread whose lane counts for its CPU's node.
+fn numa_adders(places: [(u32, Option<u32>); 2]) {
+    loom::model(move || {
+        let arena: &'static Arena = Box::leak(Box::new(Arena::with_nodes(2, 2, 2)));
+        let topology: &'static percid::numa::Topology =
+            Box::leak(Box::new(percid::numa::Topology::uniform(2, 1).unwrap()));
+        let c: &'static NumaCounter = Box::leak(Box::new(
+            NumaCounter::new_in(arena, Some(topology)).unwrap(),
+        ));
+        let adders: Vec<_> = places
+            .into_iter()
+            .zip([1u64, 2])
+            .map(|((node, cid), n)| {
+                thread::spawn(move || {
+                    place(cid);
+                    inject_node(Some(node));
+                    c.add(n);
+                })
+            })
+            .collect();
+        for a in adders {
+            a.join().unwrap();
+        }
+        assert_eq!(c.sum(), 3);
+        let by_node = (c.sum_node(0), c.sum_node(1));
+        assert_eq!(by_node.0 + by_node.1, 3);
+        let lanes = c
+            .shards()
+            .iter()
+            .any(|(s, v)| matches!(s, percid::cid::Shard::Lane(_)) && *v != 0);
+        if !lanes {
+            let mut expected = (0, 0);
+            for ((node, _), n) in places.into_iter().zip([1u64, 2]) {
+                if node == 0 {
+                    expected.0 += n;
+                } else {
+                    expected.1 += n;
+                }
+            }
+            assert_eq!(by_node, expected);
+        }
+    });
+}
+
+#[test]
+fn numa_same_cid_two_nodes() {
+    numa_adders([(0, Some(0)), (1, Some(0))]);
+}
+
+#[test]
+fn numa_same_node_same_cid() {
+    numa_adders([(1, Some(1)), (1, Some(1))]);
+}
+
+#[test]
+fn numa_with_a_portable_thread() {
+    numa_adders([(1, Some(0)), (0, None)]);
 }

@@ -11,6 +11,7 @@
 //! portable, simulated, cpu_id index); mode-specific facts are asserted only in the
 //! mode they belong to.
 
+#[macro_use]
 mod common;
 
 use common::{Torture, allowed_cpus, scaled, simulated_cids, tick};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 fn check_shard(arena: &Arena, shard: Shard) {
     let ok = match shard {
         Shard::Cid(c) => c < arena.cid_capacity(),
+        Shard::NodeCid { node, cid } => node < arena.nodes() && cid < arena.cid_capacity(),
         Shard::Lane(l) => l < arena.lanes(),
     };
     assert!(ok, "operation reported {shard:?}, outside {arena:?}");
@@ -588,35 +590,7 @@ fn rings(arena: &Arena, t: Torture) {
 // ---------------------------------------------------------------------------------
 // The variants
 
-macro_rules! variants {
-    ($($name:ident => $run:expr;)*) => {$(
-        mod $name {
-            use super::*;
-
-            #[test]
-            fn plain() {
-                ($run)(Torture::plain());
-            }
-
-            #[test]
-            fn storm() {
-                ($run)(Torture::storm());
-            }
-
-            #[test]
-            fn migrate() {
-                ($run)(Torture::migrate());
-            }
-
-            #[test]
-            fn storm_migrate() {
-                ($run)(Torture::storm_migrate());
-            }
-        }
-    )*};
-}
-
-variants! {
+torture_variants! {
     add => |t| super::add(&Arena::new(), t);
     compare_store => |t| super::compare_store(&Arena::new(), t);
     list => |t| super::lists(&Arena::new(), t, 64);

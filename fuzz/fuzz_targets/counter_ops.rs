@@ -14,6 +14,11 @@
 //! * `approx()` is `(value, max_error)` with `value <= sum <= value + max_error`;
 //! * `compare(n)` equals `model.cmp(&n)`.
 //!
+//! A `NumaCounter` in a 3-node arena runs beside them: each step also places the
+//! thread on a simulated node (3 is beyond the arena: the lane). Its `sum()` and
+//! `take()` follow their own model exactly, and an add made with no injected aborts
+//! on a node and cid inside the arena must land in that node's plane.
+//!
 //! The `approx`/`compare` bound is checked while the adds made to the counter add up
 //! to at most `u64::MAX / 2` (no shard or total has wrapped: an approximate total of a
 //! wrapped counter means nothing); set `PERCID_FUZZ_STRICT_APPROX=1` to check it
@@ -23,8 +28,10 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use percid::cid::Arena;
-use percid::testing::{set_simulated_abort_rate, set_simulated_cid};
-use percid::{Counter, SignedCounter};
+use percid::cid::Shard;
+use percid::numa::Topology;
+use percid::testing::{inject_node, set_simulated_abort_rate, set_simulated_cid};
+use percid::{Counter, NumaCounter, SignedCounter};
 use std::cmp::Ordering;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -32,6 +39,8 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 /// Simulated cids steps move to: the arena has 4, so 4 and 5 use the lanes.
 const STEP_CIDS: u8 = 6;
 const MAX_BATCH: u8 = 64;
+/// Nodes of the NUMA arena; steps move to one more (the lane fallback).
+const NODES: u32 = 3;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -48,11 +57,14 @@ enum Op {
     Compare(u64),
     /// Compares with the model's value plus a small offset (equality is likely).
     CompareNear(i8),
+    NumaAdd(u64),
+    NumaTake,
 }
 
 #[derive(Arbitrary, Debug)]
 struct Step {
     cid: u8,
+    node: u8,
     abort_rate: u8,
     op: Op,
 }
@@ -95,6 +107,25 @@ impl Model {
 
 static STRICT_APPROX: AtomicBool = AtomicBool::new(false);
 
+/// The NUMA arena and topology every input's `NumaCounter` comes from.
+fn numa_layout() -> (&'static Arena, &'static Topology) {
+    static LAYOUT: OnceLock<(&'static Arena, &'static Topology)> = OnceLock::new();
+    *LAYOUT.get_or_init(|| {
+        let arena = Box::leak(Box::new(Arena::with_nodes(4, 2, NODES)));
+        let topology = Box::leak(Box::new(Topology::uniform(NODES, 1).unwrap()));
+        (&*arena, &*topology)
+    })
+}
+
+/// What the NUMA counter's plane of `node` holds.
+fn plane_total(counter: &NumaCounter, node: u32) -> u64 {
+    counter
+        .shards()
+        .iter()
+        .filter(|(shard, _)| matches!(shard, Shard::NodeCid { node: n, .. } if *n == node))
+        .fold(0u64, |acc, (_, v)| acc.wrapping_add(*v))
+}
+
 /// The arena every input's counters come from.
 fn arena() -> &'static Arena {
     static ARENA: OnceLock<&'static Arena> = OnceLock::new();
@@ -121,15 +152,38 @@ fn run(input: &Input) {
         .build()
         .unwrap();
     let gauge = Counter::builder().arena(arena()).build_signed().unwrap();
+    let (numa_arena, topology) = numa_layout();
+    let numa = NumaCounter::new_in(numa_arena, Some(topology)).unwrap();
+    let mut numa_model = Model::default();
     let mut model = Model::default();
     let mut signed: i64 = 0;
+    assert_eq!(numa.sum(), 0, "a fresh NumaCounter reads zero");
     // Fresh counters read zero, whatever the words held for an earlier input.
     check(&counter, &gauge, &model, signed, batch);
 
     for step in &input.steps {
         set_simulated_cid(u32::from(step.cid % STEP_CIDS));
         set_simulated_abort_rate(u32::from(step.abort_rate) * 4);
+        let node = u32::from(step.node) % (NODES + 1);
+        inject_node(Some(node));
         match step.op {
+            Op::NumaAdd(n) => {
+                let before = plane_total(&numa, node);
+                numa.add(n);
+                numa_model.add(n);
+                if step.abort_rate == 0 && node < NODES && step.cid % STEP_CIDS < 4 {
+                    assert_eq!(
+                        plane_total(&numa, node),
+                        before.wrapping_add(n),
+                        "the add missed node {node}'s plane"
+                    );
+                }
+            }
+            Op::NumaTake => {
+                let taken = numa.take();
+                assert_eq!(taken, numa_model.untaken(), "NumaCounter take");
+                numa_model.taken = numa_model.taken.wrapping_add(taken);
+            }
             Op::Add(n) => {
                 counter.add(n);
                 model.add(n);
@@ -171,6 +225,7 @@ fn run(input: &Input) {
             }
         }
         check(&counter, &gauge, &model, signed, batch);
+        assert_eq!(numa.sum(), numa_model.untaken(), "NumaCounter sum");
     }
 }
 

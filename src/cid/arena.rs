@@ -1,14 +1,16 @@
 //! Chunks, units and word allocations: see the module documentation of [`crate::cid`].
 
+use crate::numa::Binding;
 use crate::rseq::registration::process;
-use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicPtr, AtomicU32, AtomicU64, Mutex, Ordering};
 use std::fmt;
+use std::sync::OnceLock;
 
 /// log2 of a unit's size in bytes: 64 KiB, 8192 words per index per chunk. Under loom
 /// a unit is 8 words, so tests exercise chunk growth.
 pub(crate) const UNIT_SHIFT: u32 = if cfg!(loom) { 6 } else { 16 };
 const UNIT_BYTES: usize = 1 << UNIT_SHIFT;
-const UNIT_WORDS: usize = UNIT_BYTES / 8;
+pub(crate) const UNIT_WORDS: usize = UNIT_BYTES / 8;
 
 /// Words at the start of every unit reserved for the backends, a full cache line so
 /// that no allocation shares it: word 0 is the simulated backend's generation, word 1
@@ -69,67 +71,228 @@ pub struct StorageStats {
     pub resident_bytes: usize,
 }
 
-/// One reservation: `cid_capacity + lanes` units of `UNIT_BYTES` each. Aligned to
-/// its own cache lines: every section reads `cid_limit`, which must not share a line
-/// with unrelated data that others write.
-#[repr(align(128))]
-pub(crate) struct Chunk {
-    memory: *mut AtomicU64,
-    cid_capacity: u32,
-    lanes: u32,
-    /// Indexes `0 .. cid_limit` are materialised; critical sections compare the index
-    /// they read against this word.
-    pub(crate) cid_limit: AtomicU32,
-    /// Lanes `0 .. lane_limit` are materialised.
-    lane_limit: AtomicU32,
+/// One node plane's entry in a chunk's directory, as the NUMA sections read it: the
+/// address of the plane's unit 0 (null until the plane is reserved) and the number
+/// of indexes materialised in it. The layout is fixed (`DIR_*` offsets) for `asm!`.
+#[repr(C, align(16))]
+pub(crate) struct PlaneSlot {
+    base: AtomicPtr<AtomicU64>,
+    limit: AtomicU32,
+    _pad: u32,
 }
 
-// SAFETY: a chunk is a reservation of atomics plus atomic limits, written through
-// `AtomicU64` or by the critical sections' single-instruction commits (x86 stores,
-// single-copy atomic); it is shared by reference only and freed by its arena.
+impl PlaneSlot {
+    fn new(base: *mut AtomicU64, limit: u32) -> PlaneSlot {
+        PlaneSlot {
+            base: AtomicPtr::new(base),
+            limit: AtomicU32::new(limit),
+            _pad: 0,
+        }
+    }
+}
+
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<PlaneSlot>() == 1 << DIR_SLOT_SHIFT);
+
+/// Byte offset, in a chunk's directory, of the number of planes (slot 0 is a header).
+pub(crate) const DIR_PLANES: usize = 8;
+/// Byte offset of plane 0's base; plane `n` is `DIR_SLOT << n` bytes further.
+pub(crate) const DIR_BASE: usize = 16;
+/// Byte offset of plane 0's limit.
+pub(crate) const DIR_LIMIT: usize = 24;
+/// log2 of a directory slot's size.
+pub(crate) const DIR_SLOT_SHIFT: u32 = 4;
+
+/// How a chunk's planes are placed in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placing {
+    /// One plane, placed by first touch: the plain arena.
+    FirstTouch,
+    /// One plane per NUMA node, each bound to its node when the plane is reserved.
+    NodeBound,
+}
+
+/// One generation of storage: a *plane* of `cid_capacity` units per NUMA node (one
+/// plane in a plain arena), each its own reservation, plus one reservation of
+/// `lanes` lane units. Aligned to its own cache lines: every section reads a limit
+/// through it, which must not share a line with unrelated data that others write.
+#[repr(align(128))]
+pub(crate) struct Chunk {
+    /// Slot 0 is a header whose `limit` holds the number of planes; plane `n` is slot
+    /// `1 + n`. Plane 0 is reserved with the chunk, the others when their first index
+    /// is materialised.
+    dir: Box<[PlaneSlot]>,
+    /// Plane 0's unit 0 and limit (in `dir`), fixed at creation: the plain operations
+    /// reach them without going through the directory.
+    plane0: *mut AtomicU64,
+    limit0: *const AtomicU32,
+    lanes_memory: *mut AtomicU64,
+    cid_capacity: u32,
+    lanes: u32,
+    /// Lanes `0 .. lane_limit` are materialised.
+    lane_limit: AtomicU32,
+    placing: Placing,
+    /// Serialises plane reservations.
+    grow: Mutex<()>,
+    /// How each reserved plane was placed.
+    bindings: Box<[OnceLock<Binding>]>,
+}
+
+// SAFETY: a chunk is reservations of atomics plus atomic limits and bases, written
+// through `AtomicU64` or by the critical sections' single-instruction commits (x86
+// stores, single-copy atomic); it is shared by reference only and freed by its arena.
 unsafe impl Send for Chunk {}
 // SAFETY: as above; all access to the memory goes through `AtomicU64`.
 unsafe impl Sync for Chunk {}
 
+/// One unit of a chunk: `UNIT_WORDS` words for one index of one plane, or one lane.
+#[derive(Clone, Copy)]
+pub(crate) struct Unit<'a> {
+    first: &'a AtomicU64,
+}
+
+impl<'a> Unit<'a> {
+    /// Word `offset` of the unit.
+    #[inline(always)]
+    pub(crate) fn word(self, offset: usize) -> &'a AtomicU64 {
+        debug_assert!(offset < UNIT_WORDS);
+        // SAFETY: a unit is `UNIT_WORDS` words of one reservation that lives as long
+        // as `'a`, and `offset < UNIT_WORDS` (callers derive it from an allocation).
+        unsafe { &*(self.first as *const AtomicU64).add(offset) }
+    }
+
+    /// Address of the unit's first word (for `mincore`).
+    fn addr(self) -> usize {
+        self.first as *const AtomicU64 as usize
+    }
+}
+
 impl Chunk {
-    fn new(cid_capacity: u32, lanes: u32) -> Result<Chunk, StorageError> {
-        let units = cid_capacity as usize + lanes as usize;
-        Ok(Chunk {
-            memory: reserve(units * UNIT_WORDS)?,
+    fn new(
+        cid_capacity: u32,
+        lanes: u32,
+        planes: u32,
+        placing: Placing,
+    ) -> Result<Chunk, StorageError> {
+        let mut dir = Vec::with_capacity(planes as usize + 1);
+        dir.push(PlaneSlot::new(std::ptr::null_mut(), planes));
+        dir.extend((0..planes).map(|_| PlaneSlot::new(std::ptr::null_mut(), 0)));
+        let mut chunk = Chunk {
+            dir: dir.into_boxed_slice(),
+            plane0: std::ptr::null_mut(),
+            limit0: std::ptr::null(),
+            lanes_memory: reserve(lanes as usize * UNIT_WORDS)?,
             cid_capacity,
             lanes,
-            cid_limit: AtomicU32::new(0),
             lane_limit: AtomicU32::new(0),
-        })
+            placing,
+            grow: Mutex::new(()),
+            bindings: (0..planes).map(|_| OnceLock::new()).collect(),
+        };
+        // Plane 0 now: the plain operations' fast paths take its base for granted.
+        // (On failure the chunk's drop releases the lanes.)
+        chunk.reserve_plane(0)?;
+        chunk.plane0 = chunk.plane_base(0);
+        // The boxed directory never moves.
+        chunk.limit0 = &chunk.dir[1].limit;
+        Ok(chunk)
     }
 
-    fn units(&self) -> usize {
-        self.cid_capacity as usize + self.lanes as usize
+    /// Number of planes (NUMA nodes the directory covers; 1 in a plain arena).
+    #[inline]
+    pub(crate) fn planes(&self) -> u32 {
+        self.dir.len() as u32 - 1
     }
 
-    /// The word at `offset` of unit `unit`.
     #[inline(always)]
-    pub(crate) fn word(&self, unit: usize, offset: usize) -> &AtomicU64 {
-        debug_assert!(unit < self.units() && offset < UNIT_WORDS);
-        // SAFETY: `unit < units` and `offset < UNIT_WORDS` (callers derive both from
-        // the capacity and an allocation), so the word is inside the reservation,
-        // which lives as long as `self`.
-        unsafe { &*self.memory.add(unit * UNIT_WORDS + offset) }
+    fn slot(&self, plane: u32) -> &PlaneSlot {
+        &self.dir[plane as usize + 1]
     }
 
-    /// Address of the word at `offset` in unit 0: critical sections add
+    /// Reserves (and places) plane `plane` unless it already is. Callers hold no lock.
+    #[cold]
+    fn reserve_plane(&self, plane: u32) -> Result<(), StorageError> {
+        let slot = self.slot(plane);
+        if !slot.base.load(Ordering::Acquire).is_null() {
+            return Ok(());
+        }
+        let _grow = lock(&self.grow);
+        if !slot.base.load(Ordering::Acquire).is_null() {
+            return Ok(());
+        }
+        let words = self.cid_capacity as usize * UNIT_WORDS;
+        let base = reserve(words)?;
+        let binding = match self.placing {
+            Placing::FirstTouch => Binding::FirstTouch,
+            // Before any page is touched: the policy decides where every page goes.
+            // SAFETY: `base` is the fresh, untouched reservation of `words` words just
+            // made, owned by this chunk; nothing else refers to it yet.
+            Placing::NodeBound => unsafe {
+                crate::numa::memory::bind(base.cast(), words * 8, plane)
+            },
+        };
+        let _ = self.bindings[plane as usize].set(binding);
+        // The base before any limit that covers it (sections load the limit first).
+        slot.base.store(base, Ordering::Release);
+        Ok(())
+    }
+
+    /// Unit 0 of plane `plane`, null when the plane is not reserved.
+    #[inline(always)]
+    fn plane_base(&self, plane: u32) -> *mut AtomicU64 {
+        self.slot(plane).base.load(Ordering::Acquire)
+    }
+
+    /// The unit of index `cid` in plane `plane`. The plane is reserved (it has a
+    /// materialised index) and `cid < cid_capacity`.
+    #[inline(always)]
+    pub(crate) fn cid_unit(&self, plane: u32, cid: u32) -> Unit<'_> {
+        debug_assert!(cid < self.cid_capacity);
+        let base = if plane == 0 {
+            self.plane0
+        } else {
+            self.plane_base(plane)
+        };
+        debug_assert!(!base.is_null(), "plane {plane} is not reserved");
+        // SAFETY: the plane is a reservation of `cid_capacity` units that lives as
+        // long as `self`, and `cid < cid_capacity`.
+        Unit {
+            first: unsafe { &*base.add(cid as usize * UNIT_WORDS) },
+        }
+    }
+
+    /// The unit of lane `lane` (below `lanes`).
+    #[inline(always)]
+    pub(crate) fn lane_unit(&self, lane: u32) -> Unit<'_> {
+        debug_assert!(lane < self.lanes);
+        // SAFETY: the lanes are a reservation of `lanes` units that lives as long as
+        // `self`, and `lane < lanes`.
+        Unit {
+            first: unsafe { &*self.lanes_memory.add(lane as usize * UNIT_WORDS) },
+        }
+    }
+
+    /// Address of the word at `offset` in plane 0's unit 0: the plain sections add
     /// `index << UNIT_SHIFT` to it.
     #[inline(always)]
     pub(crate) fn unit0(&self, offset: usize) -> *mut u64 {
-        // SAFETY: `offset < UNIT_WORDS` keeps the pointer inside unit 0.
-        unsafe { self.memory.add(offset) as *mut u64 }
+        debug_assert!(offset < UNIT_WORDS);
+        self.plane0.wrapping_add(offset) as *mut u64
     }
 
-    /// The limit as the critical sections read it.
+    /// Plane 0's limit.
+    #[inline(always)]
+    fn limit0(&self) -> &AtomicU32 {
+        // SAFETY: `limit0` points into the boxed directory, which lives (and stays
+        // put) as long as `self`.
+        unsafe { &*self.limit0 }
+    }
+
+    /// Plane 0's limit, as the plain sections read it.
     #[cfg(not(loom))]
     #[inline(always)]
     pub(crate) fn limit_ptr(&self) -> *const u32 {
-        self.cid_limit.as_ptr()
+        self.limit0().as_ptr()
     }
 
     /// Under loom there are no `asm!` sections to read the limit.
@@ -138,14 +301,29 @@ impl Chunk {
         std::ptr::null()
     }
 
-    /// Makes index `cid` (and every index below it) visible to readers. False when
-    /// the index is beyond the capacity: the caller uses a lane.
+    /// The directory, as the NUMA sections read it (`DIR_*` offsets).
+    #[cfg(not(loom))]
+    #[inline(always)]
+    pub(crate) fn dir_ptr(&self) -> *const u8 {
+        self.dir.as_ptr().cast()
+    }
+
+    /// Under loom there are no `asm!` sections to read the directory.
+    #[cfg(loom)]
+    pub(crate) fn dir_ptr(&self) -> *const u8 {
+        std::ptr::null()
+    }
+
+    /// Makes index `cid` of plane `plane` visible to readers, reserving the plane on
+    /// its first index. False when either is out of range or the plane cannot be
+    /// reserved: the caller uses a lane.
     #[cold]
-    pub(crate) fn materialize_cid(&self, cid: u32) -> bool {
-        if cid >= self.cid_capacity {
+    pub(crate) fn materialize(&self, plane: u32, cid: u32) -> bool {
+        if cid >= self.cid_capacity || plane >= self.planes() || self.reserve_plane(plane).is_err()
+        {
             return false;
         }
-        self.cid_limit.fetch_max(cid + 1, Ordering::AcqRel);
+        self.slot(plane).limit.fetch_max(cid + 1, Ordering::AcqRel);
         true
     }
 
@@ -158,32 +336,63 @@ impl Chunk {
         lane
     }
 
-    /// Unit number of a lane.
+    /// Indexes materialised in plane `plane` (0 for planes beyond the directory).
     #[inline]
-    pub(crate) fn lane_unit(&self, lane: u32) -> usize {
-        self.cid_capacity as usize + lane as usize
+    pub(crate) fn plane_limit(&self, plane: u32) -> u32 {
+        if plane == 0 {
+            return self.cid_limit();
+        }
+        if plane >= self.planes() {
+            return 0;
+        }
+        self.slot(plane).limit.load(Ordering::Acquire)
     }
 
+    /// Indexes materialised in plane 0.
+    #[inline(always)]
     pub(crate) fn cid_limit(&self) -> u32 {
-        self.cid_limit.load(Ordering::Acquire)
+        self.limit0().load(Ordering::Acquire)
     }
 
     pub(crate) fn lane_limit(&self) -> u32 {
         self.lane_limit.load(Ordering::Acquire)
     }
 
-    /// The units that may hold data: materialised indexes, then materialised lanes.
-    pub(crate) fn live_units(&self) -> impl Iterator<Item = usize> + '_ {
-        let cids = self.cid_limit() as usize;
-        let lanes = self.lane_limit() as usize;
-        let first_lane = self.cid_capacity as usize;
-        (0..cids).chain(first_lane..first_lane + lanes)
+    /// Materialised indexes over every plane.
+    pub(crate) fn cid_units(&self) -> u32 {
+        (0..self.planes()).map(|p| self.plane_limit(p)).sum()
+    }
+
+    /// The units that may hold data: materialised indexes plane by plane, then
+    /// materialised lanes.
+    pub(crate) fn live_units(&self) -> impl Iterator<Item = Unit<'_>> + '_ {
+        let lanes = self.lane_limit();
+        (0..self.planes())
+            .flat_map(move |p| (0..self.plane_limit(p)).map(move |c| self.cid_unit(p, c)))
+            .chain((0..lanes).map(move |l| self.lane_unit(l)))
+    }
+
+    /// Whether this is a NUMA chunk (planes bound to nodes).
+    pub(crate) fn is_numa(&self) -> bool {
+        self.placing == Placing::NodeBound
+    }
+
+    /// How plane `plane` was placed, once it is reserved.
+    fn binding(&self, plane: u32) -> Option<&Binding> {
+        self.bindings.get(plane as usize)?.get()
     }
 }
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        release(self.memory, self.units() * UNIT_WORDS);
+        let words = self.cid_capacity as usize * UNIT_WORDS;
+        for plane in 0..self.planes() {
+            let base = self.plane_base(plane);
+            if !base.is_null() {
+                release(base, words);
+            }
+        }
+        release(self.lanes_memory, self.lanes as usize * UNIT_WORDS);
     }
 }
 
@@ -274,7 +483,23 @@ struct State {
 pub struct Arena {
     cid_capacity: u32,
     lanes: u32,
+    planes: u32,
+    placing: Placing,
     state: Mutex<State>,
+}
+
+/// One NUMA node's share of an arena, for `percid status` and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStorage {
+    /// The node (plane) number.
+    pub node: u32,
+    /// Indexes materialised on this node: the most of any chunk.
+    pub cids_materialized: u32,
+    /// How the node's planes were placed (that of the first chunk); `None` while the
+    /// node has no plane.
+    pub binding: Option<Binding>,
+    /// Resident bytes of the node's materialised units (`mincore`).
+    pub resident_bytes: usize,
 }
 
 impl Arena {
@@ -289,9 +514,37 @@ impl Arena {
 
     /// An arena for indexes below `cids` and `lanes` portable lanes (both at least 1).
     pub fn with_capacity(cids: u32, lanes: u32) -> Arena {
+        Arena::build(cids, lanes, 1, Placing::FirstTouch)
+    }
+
+    /// A NUMA arena for this process: one plane per possible NUMA node (see
+    /// [`crate::numa`]), each bound to its node, and indexes and lanes as in
+    /// [`Arena::new`]. Reserves nothing until the first allocation; a node's plane
+    /// is reserved when the node's first index is materialised.
+    pub fn numa() -> Arena {
+        let possible = process().possible_cpus;
+        let sim = crate::rseq::simulated::default_cids();
+        Arena::with_nodes(
+            possible.max(sim),
+            possible,
+            crate::numa::topology().node_id_bound(),
+        )
+    }
+
+    /// A NUMA arena with planes for nodes `0 .. nodes` (at least 1), indexes below
+    /// `cids` and `lanes` lanes. Planes of nodes the machine lacks are placed by first
+    /// touch (their binding fails and says why): tests run many-node layouts on a
+    /// one-node machine this way.
+    pub fn with_nodes(cids: u32, lanes: u32, nodes: u32) -> Arena {
+        Arena::build(cids, lanes, nodes.max(1), Placing::NodeBound)
+    }
+
+    fn build(cids: u32, lanes: u32, planes: u32, placing: Placing) -> Arena {
         Arena {
             cid_capacity: cids.max(1),
             lanes: lanes.max(1),
+            planes,
+            placing,
             state: Mutex::new(State {
                 chunks: Vec::new(),
                 bump: UNIT_WORDS,
@@ -326,7 +579,8 @@ impl Arena {
                 let align = len.next_power_of_two().min(8);
                 let mut offset = state.bump.next_multiple_of(align);
                 if offset + len > UNIT_WORDS {
-                    let chunk = Chunk::new(self.cid_capacity, self.lanes)?;
+                    let chunk =
+                        Chunk::new(self.cid_capacity, self.lanes, self.planes, self.placing)?;
                     state.chunks.push(Box::new(chunk));
                     offset = HEADER_WORDS;
                 }
@@ -353,7 +607,7 @@ impl Arena {
     fn free(&self, chunk_index: usize, chunk: &Chunk, offset: usize, len: usize) {
         for unit in chunk.live_units() {
             for i in 0..len {
-                let word = chunk.word(unit, offset + i);
+                let word = unit.word(offset + i);
                 // Untouched pages stay untouched: only written words are cleared.
                 if word.load(Ordering::Relaxed) != 0 {
                     word.store(0, Ordering::Relaxed);
@@ -379,7 +633,7 @@ impl Arena {
             ..StorageStats::default()
         };
         for (i, chunk) in state.chunks.iter().enumerate() {
-            stats.cids_materialized = stats.cids_materialized.max(chunk.cid_limit());
+            stats.cids_materialized = stats.cids_materialized.max(chunk.cid_units());
             stats.lanes_materialized = stats.lanes_materialized.max(chunk.lane_limit());
             let used = if i + 1 == state.chunks.len() {
                 state.bump
@@ -387,11 +641,61 @@ impl Arena {
                 UNIT_WORDS
             };
             for unit in chunk.live_units() {
-                let start = chunk.word(unit, 0) as *const AtomicU64 as usize;
-                stats.resident_bytes += resident(start, used * 8);
+                stats.resident_bytes += resident(unit.addr(), used * 8);
             }
         }
         stats
+    }
+
+    /// What each NUMA node (plane) holds now: one entry per plane, in node order.
+    pub fn node_stats(&self) -> Vec<NodeStorage> {
+        let state = lock(&self.state);
+        let mut nodes: Vec<NodeStorage> = (0..self.planes)
+            .map(|node| NodeStorage {
+                node,
+                cids_materialized: 0,
+                binding: None,
+                resident_bytes: 0,
+            })
+            .collect();
+        for (i, chunk) in state.chunks.iter().enumerate() {
+            let used = if i + 1 == state.chunks.len() {
+                state.bump
+            } else {
+                UNIT_WORDS
+            };
+            for entry in &mut nodes {
+                let limit = chunk.plane_limit(entry.node);
+                entry.cids_materialized = entry.cids_materialized.max(limit);
+                if entry.binding.is_none() {
+                    entry.binding = chunk.binding(entry.node).cloned();
+                }
+                for cid in 0..limit {
+                    let unit = chunk.cid_unit(entry.node, cid);
+                    entry.resident_bytes += resident(unit.addr(), used * 8);
+                }
+            }
+        }
+        nodes
+    }
+
+    /// Planes (NUMA nodes) per chunk: 1 in a plain arena.
+    pub fn nodes(&self) -> u32 {
+        self.planes
+    }
+
+    /// Pages of every reserved plane of `node`, with their length in bytes, for
+    /// placement checks ([`crate::numa::placement`]).
+    pub fn node_regions(&self, node: u32) -> Vec<(*const u8, usize)> {
+        let state = lock(&self.state);
+        state
+            .chunks
+            .iter()
+            .filter(|chunk| node < chunk.planes())
+            .map(|chunk| chunk.plane_base(node))
+            .filter(|base| !base.is_null())
+            .map(|base| (base as *const u8, self.cid_capacity as usize * UNIT_BYTES))
+            .collect()
     }
 
     /// Index units per chunk (the bound of the indexes this arena serves).
@@ -416,6 +720,7 @@ impl fmt::Debug for Arena {
         f.debug_struct("Arena")
             .field("cid_capacity", &self.cid_capacity)
             .field("lanes", &self.lanes)
+            .field("nodes", &self.planes)
             .field("stats", &self.stats())
             .finish()
     }

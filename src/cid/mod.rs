@@ -16,6 +16,18 @@
 //!               ^ counter A          ^ counter A                ^ counter A
 //! ```
 //!
+//! # NUMA planes
+//!
+//! The index units of a chunk form a *plane*. A plain arena ([`Arena::new`]) has one;
+//! a NUMA arena ([`Arena::numa`], [`numa_global`]) has one per NUMA node, each its
+//! own reservation, bound to its node (see [`crate::numa`]) and reserved when the
+//! node's first index appears. A chunk's *directory* lists every plane's unit 0 and
+//! materialised limit; the NUMA sections read `node_id` and the index in one critical
+//! section and use the unit of (node, index). Exclusivity comes from the index alone
+//! (an `mm_cid` is unique among running threads), so unit (n, c) is a sub-unit of
+//! cid c whatever node a thread reads; the node only decides *where* the data lives.
+//! The plain operations use plane 0. Lanes are shared by all planes.
+//!
 //! # Memory follows concurrency
 //!
 //! The reservation is made with `MAP_NORESERVE`; a unit's pages only become memory
@@ -37,16 +49,23 @@
 mod arena;
 mod ops;
 
-pub(crate) use arena::UNIT_SHIFT;
-pub use arena::{Arena, StorageError, StorageStats, Word, Words};
-pub(crate) use ops::HotWord;
+pub use arena::{Arena, NodeStorage, StorageError, StorageStats, Word, Words};
+pub(crate) use arena::{DIR_BASE, DIR_LIMIT, DIR_PLANES, DIR_SLOT_SHIFT, UNIT_SHIFT};
 pub use ops::{ForeignError, ListFull, PushOutcome, Shard};
+pub(crate) use ops::{HotWord, NodeHotWord};
 
 /// The process-wide arena that the crate's structures allocate from. (Under loom,
 /// models make their own arenas: loom objects cannot outlive one model run.)
 pub fn global() -> &'static Arena {
     static GLOBAL: std::sync::OnceLock<Arena> = std::sync::OnceLock::new();
     GLOBAL.get_or_init(Arena::new)
+}
+
+/// The process-wide NUMA arena ([`Arena::numa`]): one plane per NUMA node, each
+/// bound to its node. The NUMA-aware structures allocate from it.
+pub fn numa_global() -> &'static Arena {
+    static GLOBAL: std::sync::OnceLock<Arena> = std::sync::OnceLock::new();
+    GLOBAL.get_or_init(Arena::numa)
 }
 
 /// Statistics of the process-wide arena: indexes materialised, bytes per index,

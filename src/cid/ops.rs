@@ -8,9 +8,11 @@
 //!   of range: the same pseudocode on the thread's CPU lane, under the lane's lock
 //!   (or a plain atomic read-modify-write where one instruction does the job).
 
-use super::arena::{Chunk, HEADER_GENERATION, HEADER_LOCK, Word, Words};
+use super::arena::{Chunk, HEADER_GENERATION, HEADER_LOCK, Unit, Word, Words};
 use crate::rseq::arch::{self, PayloadArgs, SectionSite, SectionStatus};
-use crate::rseq::registration::{ThreadBackend, any_rseq_thread, process, thread_backend};
+use crate::rseq::registration::{
+    ThreadBackend, any_rseq_thread, node_source, process, thread_backend,
+};
 use crate::rseq::simulated::{self, SimSection};
 use crate::rseq::spec::{self, Aborted, Locked, Payload, PayloadOutcome, Section};
 use crate::rseq::{Backend, MembarrierError, fence_rseq};
@@ -25,27 +27,69 @@ const MAX_ABORTS: u32 = if cfg!(loom) { 2 } else { 64 };
 /// Which shard an operation ran on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shard {
-    /// The unit of this index (`mm_cid`, `cpu_id`, or simulated cid).
+    /// The unit of this index (`mm_cid`, `cpu_id`, or simulated cid) in plane 0: the
+    /// only plane of a plain arena, node 0's plane of a NUMA arena.
     Cid(u32),
+    /// The unit of index `cid` in the plane of NUMA node `node` (a NUMA arena).
+    NodeCid {
+        /// The node whose plane holds the unit.
+        node: u32,
+        /// The index.
+        cid: u32,
+    },
     /// The unit of this portable lane.
     Lane(u32),
 }
 
+/// Which plane an operation runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plane {
+    /// Plane 0, whatever node the thread is on (the plain operations).
+    Zero,
+    /// The plane of the node the thread reads inside the section.
+    Node,
+}
+
+impl Plane {
+    #[inline(always)]
+    fn shard(self, node: u32, cid: u32) -> Shard {
+        match self {
+            Plane::Zero => Shard::Cid(cid),
+            Plane::Node => Shard::NodeCid { node, cid },
+        }
+    }
+}
+
 /// One attempt of an rseq section, as the op wrappers report it.
 enum Attempt<T> {
-    Done(T, u32),
+    Done(T, Shard),
     Aborted,
-    NotMaterialized(u32),
+    NotMaterialized { plane: u32, cid: u32 },
 }
 
 impl<T> Attempt<T> {
+    /// An attempt of a plain section (plane 0).
     #[inline(always)]
     fn from_status(status: SectionStatus, index: u32, done: impl FnOnce(bool) -> T) -> Attempt<T> {
+        Attempt::on_node(status, Plane::Zero, 0, index, done)
+    }
+
+    #[inline(always)]
+    fn on_node(
+        status: SectionStatus,
+        plane: Plane,
+        node: u32,
+        index: u32,
+        done: impl FnOnce(bool) -> T,
+    ) -> Attempt<T> {
         match status {
-            SectionStatus::Committed => Attempt::Done(done(true), index),
-            SectionStatus::Failed => Attempt::Done(done(false), index),
+            SectionStatus::Committed => Attempt::Done(done(true), plane.shard(node, index)),
+            SectionStatus::Failed => Attempt::Done(done(false), plane.shard(node, index)),
             SectionStatus::Aborted => Attempt::Aborted,
-            SectionStatus::NotMaterialized => Attempt::NotMaterialized(index),
+            SectionStatus::NotMaterialized => Attempt::NotMaterialized {
+                plane: node,
+                cid: index,
+            },
         }
     }
 }
@@ -56,29 +100,29 @@ impl<T> Attempt<T> {
 #[inline(always)]
 fn run<T>(
     chunk: &Chunk,
+    plane: Plane,
     mut rseq: impl FnMut(SectionSite) -> Attempt<T>,
-    mut spec: impl FnMut(&mut dyn Section, usize) -> Result<T, Aborted>,
-    lane: Option<&dyn Fn(usize) -> T>,
+    mut spec: impl FnMut(&mut dyn Section, Unit<'_>) -> Result<T, Aborted>,
+    lane: Option<&dyn Fn(Unit<'_>) -> T>,
 ) -> (T, Shard) {
     match thread_backend() {
         ThreadBackend::Rseq { area, index } => {
-            let cpu = SectionSite {
-                area,
-                index,
-                limit: chunk.limit_ptr(),
+            let cpu = match plane {
+                Plane::Zero => SectionSite::plain(area, index, chunk.limit_ptr()),
+                Plane::Node => SectionSite::numa(area, index, node_source(), chunk.dir_ptr()),
             };
             let mut aborts = 0;
             loop {
                 match rseq(cpu) {
-                    Attempt::Done(value, idx) => return (value, Shard::Cid(idx)),
+                    Attempt::Done(value, shard) => return (value, shard),
                     Attempt::Aborted => {
                         aborts += 1;
                         if aborts >= MAX_ABORTS {
                             break;
                         }
                     }
-                    Attempt::NotMaterialized(idx) => {
-                        if !chunk.materialize_cid(idx) {
+                    Attempt::NotMaterialized { plane, cid } => {
+                        if !chunk.materialize(plane, cid) {
                             break;
                         }
                     }
@@ -86,7 +130,7 @@ fn run<T>(
             }
         }
         ThreadBackend::Simulated => {
-            if let Some(done) = run_simulated(chunk, &mut spec) {
+            if let Some(done) = run_simulated(chunk, plane, &mut spec) {
                 return done;
             }
         }
@@ -99,20 +143,24 @@ fn run<T>(
 #[inline(never)]
 fn run_simulated<T>(
     chunk: &Chunk,
-    spec: &mut dyn FnMut(&mut dyn Section, usize) -> Result<T, Aborted>,
+    plane: Plane,
+    spec: &mut dyn FnMut(&mut dyn Section, Unit<'_>) -> Result<T, Aborted>,
 ) -> Option<(T, Shard)> {
     let cid = simulated::thread_cid();
-    if !chunk.materialize_cid(cid) {
+    let node = match plane {
+        Plane::Zero => 0,
+        Plane::Node => simulated::thread_node(),
+    };
+    if !chunk.materialize(node, cid) {
         return None;
     }
-    let unit = cid as usize;
+    // Each (node, cid) unit has its own generation and lock: the simulation holds
+    // whatever node a test injects.
+    let unit = chunk.cid_unit(node, cid);
     for _ in 0..MAX_ABORTS {
-        let mut section = SimSection::begin(
-            chunk.word(unit, HEADER_GENERATION),
-            chunk.word(unit, HEADER_LOCK),
-        );
+        let mut section = SimSection::begin(unit.word(HEADER_GENERATION), unit.word(HEADER_LOCK));
         if let Ok(value) = spec(&mut section, unit) {
-            return Some((value, Shard::Cid(cid)));
+            return Some((value, plane.shard(node, cid)));
         }
     }
     None
@@ -122,15 +170,15 @@ fn run_simulated<T>(
 #[inline(never)]
 fn run_on_lane<T>(
     chunk: &Chunk,
-    spec: &mut dyn FnMut(&mut dyn Section, usize) -> Result<T, Aborted>,
-    lane: Option<&dyn Fn(usize) -> T>,
+    spec: &mut dyn FnMut(&mut dyn Section, Unit<'_>) -> Result<T, Aborted>,
+    lane: Option<&dyn Fn(Unit<'_>) -> T>,
 ) -> (T, Shard) {
     let lane_id = chunk.lane(crate::rseq::portable_cpu());
     let unit = chunk.lane_unit(lane_id);
     if let Some(atomic) = lane {
         return (atomic(unit), Shard::Lane(lane_id));
     }
-    let lock = chunk.word(unit, HEADER_LOCK);
+    let lock = unit.word(HEADER_LOCK);
     simulated::lock_word(lock);
     let result = spec(&mut Locked, unit);
     simulated::unlock_word(lock);
@@ -162,15 +210,25 @@ impl HotWord {
     #[inline(always)]
     pub(crate) fn try_add_committed(self, v: u64) -> bool {
         if let ThreadBackend::Rseq { area, index } = thread_backend() {
-            let cpu = SectionSite {
-                area,
-                index,
-                limit: self.limit,
-            };
+            let cpu = SectionSite::plain(area, index, self.limit);
             // SAFETY: as in `try_add`.
             return unsafe { arch::load_add_store_committed(cpu, self.base, v) };
         }
         false
+    }
+
+    /// Word `i` of the allocation in the unit of index `idx` of plane 0.
+    ///
+    /// # Safety
+    /// A section on this hot word committed on `idx` (so the unit is materialised;
+    /// limits never shrink), `i` is within the allocation, and the caller keeps the
+    /// allocation alive for `'a`.
+    #[inline(always)]
+    pub(crate) unsafe fn unit_word<'a>(self, idx: u32, i: usize) -> &'a AtomicU64 {
+        let offset = ((idx as usize) << crate::cid::UNIT_SHIFT) / 8 + i;
+        // SAFETY: the caller's contract: the word is inside a materialised unit of a
+        // live allocation (a `u64` word is an `AtomicU64`).
+        unsafe { &*(self.base.add(offset) as *const AtomicU64) }
     }
 
     /// One attempt of `load_add_store` on the rseq backend. `None` for anything but a
@@ -179,11 +237,7 @@ impl HotWord {
     #[inline(always)]
     pub(crate) fn try_add(self, v: u64) -> Option<Shard> {
         if let ThreadBackend::Rseq { area, index } = thread_backend() {
-            let cpu = SectionSite {
-                area,
-                index,
-                limit: self.limit,
-            };
+            let cpu = SectionSite::plain(area, index, self.limit);
             // SAFETY: `base` and `limit` come from `Word::hot` of a live word (the
             // caller keeps the word's allocation alive); otherwise as in `Word::add`.
             let (st, idx) = unsafe { arch::load_add_store(cpu, self.base, v) };
@@ -195,6 +249,45 @@ impl HotWord {
     }
 }
 
+/// The fast-path addresses of a word's NUMA operation: the chunk's directory and
+/// the word's byte offset in a unit, kept by the structure that owns the word.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NodeHotWord {
+    dir: *const u8,
+    woff: usize,
+}
+
+impl NodeHotWord {
+    /// Rebuilds a hot word from the parts [`NodeHotWord::dir`] and
+    /// [`NodeHotWord::woff`] gave.
+    #[inline(always)]
+    pub(crate) fn from_parts(dir: *const u8, woff: usize) -> NodeHotWord {
+        NodeHotWord { dir, woff }
+    }
+
+    pub(crate) fn dir(self) -> *const u8 {
+        self.dir
+    }
+
+    pub(crate) fn woff(self) -> usize {
+        self.woff
+    }
+
+    /// One attempt of `numa_load_add_store` on the rseq backend: true when it
+    /// committed, false for anything else (the caller then takes
+    /// [`Word::add_on_node`]).
+    #[inline(always)]
+    pub(crate) fn try_add_committed(self, v: u64) -> bool {
+        if let ThreadBackend::Rseq { area, index } = thread_backend() {
+            let cpu = SectionSite::numa(area, index, node_source(), self.dir);
+            // SAFETY: `dir` and `woff` come from `Word::node_hot` of a live word (the
+            // caller keeps the allocation alive); otherwise as in `Word::add_on_node`.
+            return unsafe { arch::numa_load_add_store_committed(cpu, self.woff, v) };
+        }
+        false
+    }
+}
+
 impl<'a> Word<'a> {
     /// This word in the unit of `shard`, or `None` when that shard is not
     /// materialised (nothing was ever written there).
@@ -202,32 +295,76 @@ impl<'a> Word<'a> {
     /// For reading, and for writing words the sections only read (a buffer address
     /// installed with `compare_exchange`) or that the caller owns (a lock it holds):
     /// an atomic write racing a section's commit on the same word loses one of them.
-    #[inline]
+    #[inline(always)]
     pub fn at(self, shard: Shard) -> Option<&'a AtomicU64> {
+        let chunk = self.chunk;
         let unit = match shard {
-            Shard::Cid(c) if c < self.chunk.cid_limit() => c as usize,
-            Shard::Lane(l) if l < self.chunk.lane_limit() => self.chunk.lane_unit(l),
+            Shard::Cid(c) if c < chunk.cid_limit() => chunk.cid_unit(0, c),
+            Shard::NodeCid { node, cid } if cid < chunk.plane_limit(node) => {
+                chunk.cid_unit(node, cid)
+            }
+            Shard::Lane(l) if l < chunk.lane_limit() => chunk.lane_unit(l),
             _ => return None,
         };
-        Some(self.chunk.word(unit, self.offset))
+        Some(unit.word(self.offset))
     }
 
-    /// The shards that may hold a value: materialised indexes, then materialised lanes.
+    /// The shards that may hold a value: materialised indexes plane by plane (plane 0
+    /// as [`Shard::Cid`] in a plain arena, every plane as [`Shard::NodeCid`] in a NUMA
+    /// arena), then materialised lanes.
     pub fn shards(self) -> impl Iterator<Item = (Shard, &'a AtomicU64)> {
         let chunk = self.chunk;
         let offset = self.offset;
-        let cids = chunk.cid_limit();
-        let lanes = chunk.lane_limit();
-        (0..cids)
-            .map(move |c| (Shard::Cid(c), chunk.word(c as usize, offset)))
+        let numa = chunk.is_numa();
+        (0..chunk.planes())
+            .flat_map(move |node| {
+                (0..chunk.plane_limit(node)).map(move |cid| {
+                    let shard = if numa {
+                        Shard::NodeCid { node, cid }
+                    } else {
+                        Shard::Cid(cid)
+                    };
+                    (shard, chunk.cid_unit(node, cid).word(offset))
+                })
+            })
             .chain(
-                (0..lanes).map(move |l| (Shard::Lane(l), chunk.word(chunk.lane_unit(l), offset))),
+                (0..chunk.lane_limit())
+                    .map(move |l| (Shard::Lane(l), chunk.lane_unit(l).word(offset))),
             )
     }
 
-    /// How many shards may hold a value (materialised indexes and lanes): O(1).
+    /// The shards of NUMA node `node`: its plane's materialised indexes, then the
+    /// materialised lanes of CPUs that `cpu_node` puts on the node (lane `l` serves
+    /// CPU `l`; the portable backend has no node of its own).
+    pub fn node_shards(
+        self,
+        node: u32,
+        cpu_node: impl Fn(u32) -> Option<u32> + 'a,
+    ) -> impl Iterator<Item = (Shard, &'a AtomicU64)> {
+        let chunk = self.chunk;
+        let offset = self.offset;
+        (0..chunk.plane_limit(node))
+            .map(move |cid| {
+                (
+                    Shard::NodeCid { node, cid },
+                    chunk.cid_unit(node, cid).word(offset),
+                )
+            })
+            .chain(
+                (0..chunk.lane_limit())
+                    .filter(move |&l| cpu_node(l).unwrap_or(0) == node)
+                    .map(move |l| (Shard::Lane(l), chunk.lane_unit(l).word(offset))),
+            )
+    }
+
+    /// Planes (NUMA nodes) of the word's arena: 1 in a plain arena.
+    pub fn nodes(self) -> u32 {
+        self.chunk.planes()
+    }
+
+    /// How many shards may hold a value (materialised indexes and lanes): O(planes).
     pub fn shard_count(self) -> u32 {
-        self.chunk.cid_limit() + self.chunk.lane_limit()
+        self.chunk.cid_units() + self.chunk.lane_limit()
     }
 
     /// The wrapping sum of the word over every shard. Visits only materialised
@@ -264,11 +401,9 @@ impl<'a> Word<'a> {
     #[inline(always)]
     fn rseq_cpu(self) -> Option<SectionSite> {
         match thread_backend() {
-            ThreadBackend::Rseq { area, index } => Some(SectionSite {
-                area,
-                index,
-                limit: self.chunk.limit_ptr(),
-            }),
+            ThreadBackend::Rseq { area, index } => {
+                Some(SectionSite::plain(area, index, self.chunk.limit_ptr()))
+            }
             _ => None,
         }
     }
@@ -282,14 +417,63 @@ impl<'a> Word<'a> {
         let offset = self.offset;
         run(
             chunk,
+            Plane::Zero,
             |cpu| {
                 // SAFETY: as in `add`.
                 let (st, idx) = unsafe { arch::load_add_store(cpu, base, v) };
                 Attempt::from_status(st, idx, |_| ())
             },
-            |s, unit| spec::load_add_store(s, chunk.word(unit, offset), v),
+            |s, unit| spec::load_add_store(s, unit.word(offset), v),
             Some(&|unit| {
-                chunk.word(unit, offset).fetch_add(v, Ordering::Relaxed);
+                unit.word(offset).fetch_add(v, Ordering::Relaxed);
+            }),
+        )
+        .1
+    }
+
+    /// `numa_load_add_store`: adds `v` (wrapping) to the caller's shard in the plane
+    /// of the NUMA node it runs on, the node and the cid read in one critical section
+    /// (see [`crate::numa`]). On a thread without a node (portable backend), or a node
+    /// beyond the arena's planes, the thread's lane.
+    #[inline(always)]
+    pub fn add_on_node(self, v: u64) -> Shard {
+        if let ThreadBackend::Rseq { area, index } = thread_backend() {
+            let cpu = SectionSite::numa(area, index, node_source(), self.chunk.dir_ptr());
+            // SAFETY: `cpu` is this thread's registration, its node source and the
+            // chunk's directory, whose planes below the plane count hold a unit for
+            // every index below their limits; the word is written only by sections.
+            let (st, node, idx) = unsafe { arch::numa_load_add_store(cpu, self.offset * 8, v) };
+            if st == SectionStatus::Committed {
+                return Shard::NodeCid { node, cid: idx };
+            }
+        }
+        self.add_on_node_slow(v)
+    }
+
+    /// The hot-path parts of [`Word::add_on_node`] (see [`NodeHotWord`]).
+    pub(crate) fn node_hot(self) -> NodeHotWord {
+        NodeHotWord {
+            dir: self.chunk.dir_ptr(),
+            woff: self.offset * 8,
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn add_on_node_slow(self, v: u64) -> Shard {
+        let chunk = self.chunk;
+        let offset = self.offset;
+        run(
+            chunk,
+            Plane::Node,
+            |cpu| {
+                // SAFETY: as in `add_on_node`.
+                let (st, node, idx) = unsafe { arch::numa_load_add_store(cpu, offset * 8, v) };
+                Attempt::on_node(st, Plane::Node, node, idx, |_| ())
+            },
+            |s, unit| spec::load_add_store(s, unit.word(offset), v),
+            Some(&|unit| {
+                unit.word(offset).fetch_add(v, Ordering::Relaxed);
             }),
         )
         .1
@@ -320,6 +504,7 @@ impl<'a> Word<'a> {
         let offset = self.offset;
         let (result, shard) = run(
             chunk,
+            Plane::Zero,
             |cpu| {
                 // SAFETY: as in `add`.
                 let (st, idx, seen) = unsafe { arch::load_cbne_store(cpu, base, expect, new) };
@@ -329,7 +514,7 @@ impl<'a> Word<'a> {
                     |committed| if committed { Ok(()) } else { Err(seen) },
                 )
             },
-            |s, unit| spec::load_cbne_store(s, chunk.word(unit, offset), expect, new),
+            |s, unit| spec::load_cbne_store(s, unit.word(offset), expect, new),
             None,
         );
         result.map(|()| shard)
@@ -370,13 +555,14 @@ impl<'a> Word<'a> {
         let offset = self.offset;
         let (node, shard) = run(
             chunk,
+            Plane::Zero,
             |cpu| {
                 // SAFETY: as in `add`; listed nodes are live (the caller's contract).
                 let (st, idx, node) = unsafe { arch::list_pop(cpu, base) };
                 Attempt::from_status(st, idx, |committed| committed.then_some(node))
             },
             // SAFETY: listed nodes are live (the caller's contract).
-            |s, unit| unsafe { spec::list_pop(s, chunk.word(unit, offset)) },
+            |s, unit| unsafe { spec::list_pop(s, unit.word(offset)) },
             None,
         );
         node.map(|n| (n, shard))
@@ -419,15 +605,14 @@ impl<'a> Word<'a> {
         let max_len = u64::from(max_len);
         let (ok, shard) = run(
             chunk,
+            Plane::Zero,
             |cpu| {
                 // SAFETY: as in `add`; the node is the caller's (the contract).
                 let (st, idx) = unsafe { arch::list_push(cpu, base, node, max_len) };
                 Attempt::from_status(st, idx, |committed| committed)
             },
             // SAFETY: the node is the caller's private word (the contract).
-            |s, unit| {
-                Ok(unsafe { spec::list_push(s, chunk.word(unit, offset), node, max_len) }?.is_ok())
-            },
+            |s, unit| Ok(unsafe { spec::list_push(s, unit.word(offset), node, max_len) }?.is_ok()),
             None,
         );
         if ok { Ok(shard) } else { Err(ListFull) }
@@ -513,12 +698,13 @@ impl Words<'_> {
         };
         let (outcome, shard) = run(
             chunk,
+            Plane::Zero,
             |cpu| {
                 // SAFETY: as in `add`, plus the caller's contract on the buffers.
                 let (st, idx) = unsafe { arch::store_payload_commit_index(cpu, &args) };
                 match st {
                     SectionStatus::NotMaterialized if idx < chunk.cid_limit() => {
-                        Attempt::Done(PayloadOutcome::NoBuffer, idx)
+                        Attempt::Done(PayloadOutcome::NoBuffer, Shard::Cid(idx))
                     }
                     st => Attempt::from_status(st, idx, |committed| {
                         if committed {
@@ -531,9 +717,9 @@ impl Words<'_> {
             },
             |s, unit| {
                 let payload = Payload {
-                    tail: chunk.word(unit, t.offset),
-                    head: chunk.word(unit, h.offset),
-                    buffer: chunk.word(unit, b.offset),
+                    tail: unit.word(t.offset),
+                    head: unit.word(h.offset),
+                    buffer: unit.word(b.offset),
                     mask,
                     slot_bytes,
                     src,
@@ -598,40 +784,43 @@ impl<'a> Word<'a> {
             simulated::unlock_word(lock);
             result
         };
-        match shard {
-            Shard::Lane(lane) => Ok(locked(chunk.word(chunk.lane_unit(lane), HEADER_LOCK), None)),
-            Shard::Cid(cid) => match process().forced {
-                Some((Backend::Simulated, _)) => {
-                    let unit = cid as usize;
-                    Ok(locked(
-                        chunk.word(unit, HEADER_LOCK),
-                        Some(chunk.word(unit, HEADER_GENERATION)),
-                    ))
+        let (node, cid) = match shard {
+            Shard::Lane(lane) => {
+                return Ok(locked(chunk.lane_unit(lane).word(HEADER_LOCK), None));
+            }
+            Shard::Cid(cid) => (0, cid),
+            Shard::NodeCid { node, cid } => (node, cid),
+        };
+        match process().forced {
+            Some((Backend::Simulated, _)) => {
+                let unit = chunk.cid_unit(node, cid);
+                Ok(locked(
+                    unit.word(HEADER_LOCK),
+                    Some(unit.word(HEADER_GENERATION)),
+                ))
+            }
+            // No thread runs sections: the word is only read.
+            Some((Backend::Portable, _)) => Ok(word
+                .compare_exchange(expect, new, Ordering::AcqRel, Ordering::Acquire)
+                .map(|_| ())),
+            _ => {
+                if let Err(seen) =
+                    word.compare_exchange(expect, new, Ordering::SeqCst, Ordering::Acquire)
+                {
+                    return Ok(Err(seen));
                 }
-                // No thread runs sections: the word is only read.
-                Some((Backend::Portable, _)) => Ok(word
-                    .compare_exchange(expect, new, Ordering::AcqRel, Ordering::Acquire)
-                    .map(|_| ())),
-                _ => {
-                    if let Err(seen) =
-                        word.compare_exchange(expect, new, Ordering::SeqCst, Ordering::Acquire)
-                    {
-                        return Ok(Err(seen));
-                    }
-                    if !any_rseq_thread() {
-                        return Ok(Ok(()));
-                    }
-                    if let Err(e) = fence_rseq() {
-                        // Cannot prove ownership: put the old value back unless a
-                        // section already overwrote ours.
-                        let _ =
-                            word.compare_exchange(new, expect, Ordering::AcqRel, Ordering::Relaxed);
-                        return Err(ForeignError::Fence(e));
-                    }
-                    let now = word.load(Ordering::Acquire);
-                    Ok(if now == new { Ok(()) } else { Err(now) })
+                if !any_rseq_thread() {
+                    return Ok(Ok(()));
                 }
-            },
+                if let Err(e) = fence_rseq() {
+                    // Cannot prove ownership: put the old value back unless a
+                    // section already overwrote ours.
+                    let _ = word.compare_exchange(new, expect, Ordering::AcqRel, Ordering::Relaxed);
+                    return Err(ForeignError::Fence(e));
+                }
+                let now = word.load(Ordering::Acquire);
+                Ok(if now == new { Ok(()) } else { Err(now) })
+            }
         }
     }
 }

@@ -65,6 +65,8 @@ struct Shards {
     /// Adds that could not get per-cid storage (mmap failed) land here, so nothing
     /// is lost and nothing panics.
     spill: AtomicU64,
+    /// Allocate from the NUMA arena ([`cid::numa_global`]) rather than the plain one.
+    numa: bool,
 }
 
 /// Declares a `const fn` that loom's non-const atomics turn into a plain `fn`.
@@ -77,6 +79,10 @@ macro_rules! const_unless_loom {
     };
 }
 
+// After the macro, which it uses.
+mod numa;
+pub use numa::NumaCounter;
+
 impl Shards {
     const_unless_loom! {
         fn new() -> Shards {
@@ -88,7 +94,16 @@ impl Shards {
                 carried: AtomicU64::new(0),
                 batch: 0,
                 spill: AtomicU64::new(0),
+                numa: false,
             }
+        }
+    }
+
+    const_unless_loom! {
+        fn new_numa() -> Shards {
+            let mut shards = Shards::new();
+            shards.numa = true;
+            shards
         }
     }
 
@@ -119,10 +134,14 @@ impl Shards {
 
     #[cold]
     fn value_slow(&self) -> Option<Word<'_>> {
-        match self
-            .words
-            .get_or_init(|| cid::global().alloc(words_for(self.batch)))
-        {
+        match self.words.get_or_init(|| {
+            let arena = if self.numa {
+                cid::numa_global()
+            } else {
+                cid::global()
+            };
+            arena.alloc(words_for(self.batch))
+        }) {
             Ok(words) => {
                 self.publish(words);
                 Some(words.first())
@@ -142,8 +161,11 @@ impl Shards {
                     return;
                 }
             } else if let Some(shard) = hot.try_add(n) {
-                if let Some(word) = self.value() {
-                    self.carry(word, shard);
+                if let cid::Shard::Cid(idx) = shard {
+                    // SAFETY: the section just committed on `idx`, the words hold
+                    // `CARRIED + 1` words, and `self` keeps them alive.
+                    let (v, c) = unsafe { (hot.unit_word(idx, 0), hot.unit_word(idx, CARRIED)) };
+                    self.carry_words(v, c);
                 }
                 return;
             }
@@ -182,6 +204,12 @@ impl Shards {
         let (Some(v), Some(c)) = (value.at(shard), carried_word.at(shard)) else {
             return;
         };
+        self.carry_words(v, c);
+    }
+
+    /// [`Shards::carry`] on one shard's value and carried words.
+    #[inline(always)]
+    fn carry_words(&self, v: &AtomicU64, c: &AtomicU64) {
         // The carried word first, with acquire: see `carry_slow`.
         let carried = c.load(Ordering::Acquire);
         let pending = v.load(Ordering::Relaxed).wrapping_sub(carried);

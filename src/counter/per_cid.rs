@@ -102,7 +102,9 @@ impl<T, F: Fn() -> T> PerCid<T, F> {
 
     fn slot(&self, shard: Shard) -> Option<&OnceLock<Box<Padded<T>>>> {
         let unit = match shard {
-            Shard::Cid(c) => c as usize,
+            // The lock is a plain word: its sections run on plane 0 only.
+            Shard::Cid(c) | Shard::NodeCid { node: 0, cid: c } => c as usize,
+            Shard::NodeCid { .. } => return None,
             Shard::Lane(l) => self.cids as usize + l as usize,
         };
         self.values.get(unit)

@@ -278,6 +278,54 @@ pub(crate) fn node_field() -> Option<usize> {
     (node != 0).then_some(node)
 }
 
+/// The node a thread reads when its kernel does not maintain `node_id`: plane 0.
+static NODE_ZERO: u32 = 0;
+
+thread_local! {
+    /// A node a test injected for the calling thread ([`inject_node`]). No destructor,
+    /// so its address stays valid for the whole life of the thread.
+    static INJECTED_NODE: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Where the NUMA sections of the calling rseq thread read their node: the area's
+/// `node_id`, a test's injected cell, or a constant 0 without `node_id`. One
+/// thread-local load.
+#[cfg(not(loom))]
+#[inline(always)]
+pub(crate) fn node_source() -> *const u32 {
+    let node = NODE.get();
+    if node != 0 {
+        node as *const u32
+    } else {
+        &NODE_ZERO
+    }
+}
+
+/// Under loom no thread runs rseq sections.
+#[cfg(loom)]
+pub(crate) fn node_source() -> *const u32 {
+    &NODE_ZERO
+}
+
+/// Makes the calling thread's NUMA sections and `current_node` read `node` instead of
+/// the kernel's `node_id` (`None`: the kernel's again). Rseq threads only; the kernel
+/// field itself is never written.
+#[cfg(all(not(loom), any(test, feature = "testing")))]
+pub(crate) fn inject_node(node: Option<u32>) {
+    let area = match thread_backend() {
+        ThreadBackend::Rseq { area, .. } => area,
+        _ => return,
+    };
+    match node {
+        Some(node) => {
+            INJECTED_NODE.set(node);
+            NODE.set(INJECTED_NODE.with(|cell| cell.as_ptr() as usize));
+        }
+        None if process().node_id => NODE.set(area + abi::offset::NODE_ID),
+        None => NODE.set(0),
+    }
+}
+
 /// glibc's area for this thread, if glibc's registration of it succeeded.
 fn glibc_area(offset: isize) -> Option<usize> {
     let area = super::arch::thread_pointer().wrapping_add_signed(offset);

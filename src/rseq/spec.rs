@@ -14,10 +14,15 @@
 //! | section | pseudocode | results |
 //! |---|---|---|
 //! | `load_add_store(v)` | `word(idx) += v` | committed |
+//! | `numa_load_add_store(v)` | `n = node; if n >= planes { not materialised }; plane(n).word(idx) += v` | committed |
 //! | `load_cbne_store(e, n)` | `if word(idx) != e { fail(seen) }; commit word(idx) = n` | committed / compare failed |
 //! | `list_pop()` | `h = word(idx); if h.node == 0 { fail }; commit word(idx) = h.node.next` | committed(node) / empty |
 //! | `list_push(n, max)` | `h = word(idx); if h.len >= max { fail }; n.next = h; commit word(idx) = n \| (h.len + 1) << 48` | committed / full |
 //! | `store_payload_commit_index(v)` | `t = tail(idx); h = head(idx); if t - h > mask { fail }; slot[t & mask] = v; commit tail(idx) = t + 1` | committed / full |
+//!
+//! The NUMA form reads the node (`node_id`) inside the section too, next to `idx`, and
+//! works on the unit of `idx` in that node's plane (see [`crate::cid`]): its pseudocode
+//! is the plain one on that unit, so the simulated and portable backends share it.
 //!
 //! Any section may also end `aborted` (the kernel, or the simulation, interrupted it
 //! before the commit: nothing is visible, retry) or `not materialised` (the index has

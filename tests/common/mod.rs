@@ -587,3 +587,45 @@ pub fn run_child(
     );
     output
 }
+
+// ---------------------------------------------------------------------------------
+// Test variants
+
+/// A quarter of the default operations: for structures whose operations run several
+/// sections each.
+pub fn quarter(mut t: Torture) -> Torture {
+    t.ops_total = scaled(2_500_000).min(t.ops_total);
+    t
+}
+
+/// `torture_variants! { name => |t: Torture| ...; }`: a module `name` with the four
+/// tests `plain`, `storm`, `migrate` and `storm_migrate`, each calling the closure with
+/// that [`Torture`] configuration.
+#[macro_export]
+macro_rules! torture_variants {
+    ($($name:ident => $run:expr;)*) => {$(
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn plain() {
+                ($run)(common::Torture::plain());
+            }
+
+            #[test]
+            fn storm() {
+                ($run)(common::Torture::storm());
+            }
+
+            #[test]
+            fn migrate() {
+                ($run)(common::Torture::migrate());
+            }
+
+            #[test]
+            fn storm_migrate() {
+                ($run)(common::Torture::storm_migrate());
+            }
+        }
+    )*};
+}

@@ -3,6 +3,7 @@
 //! cids stay below the number of CPUs the process may use, while CPU ids do not
 //! (pinned to CPU 1 a thread has cid 0).
 
+use percid::NumaCounter;
 use std::collections::BTreeSet;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -27,11 +28,11 @@ impl Seen {
 
 /// Runs `threads` threads together for about `duration`. They yield now and then so
 /// the scheduler moves them around even when there are fewer threads than CPUs.
-pub fn run(threads: usize, duration: Duration) -> Vec<Seen> {
+pub fn run(threads: usize, duration: Duration, counter: &NumaCounter) -> Vec<Seen> {
     let barrier = Barrier::new(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
-            .map(|_| s.spawn(|| observe(&barrier, duration)))
+            .map(|_| s.spawn(|| observe(&barrier, duration, counter)))
             .collect();
         handles
             .into_iter()
@@ -40,7 +41,7 @@ pub fn run(threads: usize, duration: Duration) -> Vec<Seen> {
     })
 }
 
-fn observe(barrier: &Barrier, duration: Duration) -> Seen {
+fn observe(barrier: &Barrier, duration: Duration, counter: &NumaCounter) -> Seen {
     barrier.wait();
     let deadline = Instant::now() + duration;
     let mut seen = Seen::default();
@@ -49,6 +50,8 @@ fn observe(barrier: &Barrier, duration: Duration) -> Seen {
         // A read outside a critical section is stale at once; here that is fine, we
         // only want to know which values occur.
         let (cid, cpu) = (percid::current_cid(), percid::current_cpu());
+        // The NUMA view reports the (node, cid) units these adds landed in.
+        counter.inc();
         if cid != last_cid {
             seen.cids.insert(cid);
             last_cid = cid;
@@ -127,8 +130,10 @@ mod tests {
 
     #[test]
     fn every_thread_reports() {
-        let all = run(3, Duration::from_millis(5));
+        let counter = NumaCounter::new();
+        let all = run(3, Duration::from_millis(5), &counter);
         assert_eq!(all.len(), 3);
+        assert!(counter.sum() >= 3, "every thread adds to the counter");
         assert!(all.iter().all(|s| !s.cids.is_empty() && !s.cpus.is_empty()));
         let union = Seen::union(&all);
         assert!(union.cpus.len() <= crate::machine::cpus_online());

@@ -107,22 +107,10 @@ pub fn cpus_allowed() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Count of `/sys/devices/system/node/nodeN`; a machine without that directory (no
-/// NUMA support compiled in) has one node.
+/// NUMA nodes, as percid's topology sees them (hwloc with feature `numa`, sysfs
+/// otherwise; one node on a machine without NUMA support).
 pub fn numa_nodes() -> usize {
-    let count = fs::read_dir("/sys/devices/system/node")
-        .map(|dir| {
-            dir.filter_map(Result::ok)
-                .filter(|e| {
-                    let name = e.file_name();
-                    let name = name.to_string_lossy();
-                    name.strip_prefix("node")
-                        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-                })
-                .count()
-        })
-        .unwrap_or(0);
-    count.max(1)
+    percid::numa::topology().node_count()
 }
 
 /// Current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.

@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod json;
 mod machine;
+mod numa_view;
 mod status;
 
 use std::io::Write;

@@ -9,6 +9,7 @@ use percid::rseq::{Backend, IndexMode, Status};
 use crate::demo::{self, Seen};
 use crate::json::Json;
 use crate::machine::Machine;
+use crate::numa_view::NumaView;
 
 /// How long the demonstration threads run together.
 const DEMO_TIME: Duration = Duration::from_millis(200);
@@ -19,6 +20,7 @@ pub struct Report {
     machine: Machine,
     storage: StorageStats,
     demo: Vec<Seen>,
+    numa: NumaView,
 }
 
 impl Report {
@@ -27,14 +29,17 @@ impl Report {
     pub fn gather(threads: Option<usize>) -> Report {
         let status = percid::rseq::status();
         let machine = Machine::probe();
-        let storage = percid::cid::stats();
         let threads = threads.unwrap_or(4 * machine.cpus_allowed);
-        let demo = demo::run(threads, DEMO_TIME);
+        let counter = percid::NumaCounter::new();
+        let demo = demo::run(threads, DEMO_TIME, &counter);
+        let numa = NumaView::gather(&counter);
+        let storage = percid::cid::stats();
         Report {
             status,
             machine,
             storage,
             demo,
+            numa,
         }
     }
 
@@ -117,6 +122,7 @@ impl Report {
             );
         }
         let _ = writeln!(out, "\n{}", self.conclusion(&union));
+        self.numa.text(&mut out);
         out
     }
 
@@ -162,6 +168,7 @@ impl Report {
             ("cpus_online", m.cpus_online.into()),
             ("possible_cpus", s.possible_cpus.into()),
             ("nodes", m.numa_nodes.into()),
+            ("numa", self.numa.json()),
             (
                 "storage",
                 Json::object([
@@ -189,6 +196,6 @@ impl Report {
 }
 
 /// One aligned `key  value` line of the text page.
-fn field(out: &mut String, key: &str, value: impl std::fmt::Display) {
+pub fn field(out: &mut String, key: &str, value: impl std::fmt::Display) {
     let _ = writeln!(out, "  {key:<16}{value}");
 }

@@ -47,6 +47,22 @@ mod portable_only {
 
     /// # Safety
     /// None needed: nothing is accessed.
+    pub(crate) unsafe fn numa_load_add_store(
+        _: SectionSite,
+        _: usize,
+        _: u64,
+    ) -> (SectionStatus, u32, u32) {
+        (SectionStatus::Aborted, 0, 0)
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
+    pub(crate) unsafe fn numa_load_add_store_committed(_: SectionSite, _: usize, _: u64) -> bool {
+        false
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
     pub(crate) unsafe fn load_cbne_store(
         _: SectionSite,
         _: *mut u64,
@@ -94,8 +110,40 @@ pub(crate) struct SectionSite {
     /// Address of the field that indexes shards (`mm_cid` or `cpu_id`).
     pub index: usize,
     /// The arena's count of materialised indexes: the section fails with
-    /// `NotMaterialized` for an index at or above it.
+    /// `NotMaterialized` for an index at or above it (plain sections).
     pub limit: *const u32,
+    /// Address of the `u32` that names the thread's NUMA node: the area's `node_id`,
+    /// or a test's injected cell (NUMA sections; null otherwise).
+    pub node: *const u32,
+    /// The chunk's node directory (NUMA sections; null otherwise).
+    pub dir: *const u8,
+}
+
+impl SectionSite {
+    /// The site of a plain section: plane 0, bounded by `limit`.
+    #[inline(always)]
+    pub(crate) fn plain(area: usize, index: usize, limit: *const u32) -> SectionSite {
+        SectionSite {
+            area,
+            index,
+            limit,
+            node: std::ptr::null(),
+            dir: std::ptr::null(),
+        }
+    }
+
+    /// The site of a NUMA section: the plane of the node read from `node`, found in
+    /// the chunk directory `dir`.
+    #[inline(always)]
+    pub(crate) fn numa(area: usize, index: usize, node: *const u32, dir: *const u8) -> SectionSite {
+        SectionSite {
+            area,
+            index,
+            limit: std::ptr::null(),
+            node,
+            dir,
+        }
+    }
 }
 
 /// The operands of [`store_payload_commit_index`], read from memory inside the

@@ -18,7 +18,7 @@
 //! of 0s and 1s would be read as binary literals by LLVM and are avoided.
 
 use super::{PayloadArgs, SectionSite, SectionStatus};
-use crate::cid::UNIT_SHIFT;
+use crate::cid::{DIR_BASE, DIR_LIMIT, DIR_PLANES, DIR_SLOT_SHIFT, UNIT_SHIFT};
 use crate::rseq::abi;
 use core::arch::asm;
 
@@ -34,22 +34,10 @@ pub(crate) fn thread_pointer() -> usize {
     tp
 }
 
-/// Everything before the section body: descriptor, pointer and exit-point entries,
-/// arming, the registration check, the index read and its bound check. Leaves the
-/// index in `{idx}` and its unit offset in `{off}`. `section_start!(fails)` also lists
-/// the section's own failure exit (label 9).
-macro_rules! section_start {
-    () => {
-        section_start!("")
-    };
-    (fails) => {
-        section_start!(concat!(
-            ".pushsection __rseq_exit_point_array, \"awR\"\n",
-            ".balign 8\n",
-            ".quad 2f, 9f\n",
-            ".popsection\n",
-        ))
-    };
+/// The start every section shares: descriptor, pointer and exit-point entries,
+/// arming (through `{off}`), and the registration check. `$extra_exits` lists more
+/// exits for debuggers.
+macro_rules! section_header {
     ($extra_exits:expr) => {
         concat!(
             ".pushsection __rseq_cs, \"aw\"\n",
@@ -78,6 +66,35 @@ macro_rules! section_start {
             "mov {idx:e}, dword ptr [{area} + {cpu_field}]\n",
             "test {idx:e}, {idx:e}\n",
             "js 7f\n",
+        )
+    };
+}
+
+/// The exit-point entry of a section's own failure exit (label 9).
+macro_rules! fails_exit {
+    () => {
+        concat!(
+            ".pushsection __rseq_exit_point_array, \"awR\"\n",
+            ".balign 8\n",
+            ".quad 2f, 9f\n",
+            ".popsection\n",
+        )
+    };
+}
+
+/// Everything before a plain section's body: [`section_header`], the index read
+/// and its bound check against plane 0's limit. Leaves the index in `{idx}` and its
+/// unit offset in `{off}`. `section_start!(fails)` also lists the failure exit.
+macro_rules! section_start {
+    () => {
+        section_start!("")
+    };
+    (fails) => {
+        section_start!(fails_exit!())
+    };
+    ($extra_exits:expr) => {
+        concat!(
+            section_header!($extra_exits),
             // The index is read inside the section: a migration aborts us.
             "mov {idx:e}, dword ptr [{index}]\n",
             "cmp {idx:e}, dword ptr [{limit}]\n",
@@ -85,6 +102,36 @@ macro_rules! section_start {
             // off = this index's unit offset in the arena.
             "mov {off:e}, {idx:e}\n",
             "shl {off}, {shift}\n",
+        )
+    };
+}
+
+/// Everything before a NUMA section's body: [`section_header`], then the node and
+/// the index, both read inside the section: the node is checked against the
+/// directory's plane count, the index against that plane's limit. Leaves the node in
+/// `{nd}`, the index in `{idx}` and the address of unit (node, index) in `{off}`.
+///
+/// The node is read for locality, not for exclusivity: the index alone is unique
+/// among running threads, so unit (n, c) belongs to cid c whatever n a thread reads.
+macro_rules! numa_section_start {
+    () => {
+        concat!(
+            section_header!(""),
+            "mov {nd:e}, dword ptr [{node}]\n",
+            "cmp {nd:e}, dword ptr [{dir} + {dir_planes}]\n",
+            "jae 7f\n",
+            "mov {idx:e}, dword ptr [{index}]\n",
+            // off = the node's directory slot, minus the header.
+            "mov {off:e}, {nd:e}\n",
+            "shl {off}, {slot_shift}\n",
+            "add {off}, {dir}\n",
+            "cmp {idx:e}, dword ptr [{off} + {dir_limit}]\n",
+            "jae 7f\n",
+            // The limit before the base: a materialised index implies a visible base.
+            "mov {off}, qword ptr [{off} + {dir_base}]\n",
+            "mov {t:e}, {idx:e}\n",
+            "shl {t}, {shift}\n",
+            "add {off}, {t}\n",
         )
     };
 }
@@ -424,4 +471,108 @@ pub(crate) unsafe fn store_payload_commit_index(
         )
     };
     (SectionStatus::from_raw(st), idx)
+}
+
+/// `numa_load_add_store`: `*word(node, idx) += v`, where the node and the index are
+/// both read inside the section; committed by one `add [mem], reg`. `woff` is the
+/// word's byte offset in its unit.
+///
+/// Returns the status, the node and the index the section read. `NotMaterialized`
+/// with a node at or above the directory's plane count means "no plane for this
+/// node"; below it, "index not materialised on this node".
+///
+/// # Safety
+/// `cpu.area` is the calling thread's registered rseq area and `cpu.index` a field of
+/// it; `cpu.node` is readable (the area's `node_id`, or a thread-local cell); `cpu.dir`
+/// is a chunk directory (`DIR_*` layout) in which, for every plane below the plane
+/// count and every index below that plane's limit, `base + (index << UNIT_SHIFT) +
+/// woff` is a valid, 8-byte aligned word that only rseq commits write.
+#[inline(always)]
+pub(crate) unsafe fn numa_load_add_store(
+    cpu: SectionSite,
+    woff: usize,
+    v: u64,
+) -> (SectionStatus, u32, u32) {
+    let st: u32;
+    let idx: u32;
+    let nd: u32;
+    // SAFETY: the caller guarantees the area, fields, directory and every unit word
+    // it covers; the section writes only `rseq_cs` and that word.
+    unsafe {
+        asm!(
+            numa_section_start!(),
+            "add qword ptr [{off} + {woff}], {v}",
+            section_end!(),
+            area = in(reg) cpu.area,
+            index = in(reg) cpu.index,
+            node = in(reg) cpu.node,
+            dir = in(reg) cpu.dir,
+            woff = in(reg) woff,
+            v = in(reg) v,
+            idx = out(reg) idx,
+            nd = out(reg) nd,
+            off = out(reg) _,
+            t = out(reg) _,
+            st = lateout(reg) st,
+            cs_field = const abi::offset::RSEQ_CS,
+            cpu_field = const abi::offset::CPU_ID,
+            shift = const UNIT_SHIFT,
+            slot_shift = const DIR_SLOT_SHIFT,
+            dir_planes = const DIR_PLANES,
+            dir_base = const DIR_BASE,
+            dir_limit = const DIR_LIMIT,
+            sig = const abi::SIGNATURE,
+            options(nostack),
+        )
+    };
+    (SectionStatus::from_raw(st), nd, idx)
+}
+
+/// [`numa_load_add_store`] for callers that only need to know whether it committed
+/// (as [`load_add_store_committed`]).
+///
+/// # Safety
+/// As for [`numa_load_add_store`].
+#[inline(always)]
+pub(crate) unsafe fn numa_load_add_store_committed(cpu: SectionSite, woff: usize, v: u64) -> bool {
+    let mut committed = true;
+    // SAFETY: as for `numa_load_add_store`.
+    unsafe {
+        asm!(
+            numa_section_start!(),
+            "add qword ptr [{off} + {woff}], {v}",
+            "4:",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long {sig}",
+            "5:",
+            "jmp {failed}",
+            "7:",
+            "jmp {failed}",
+            ".popsection",
+            area = in(reg) cpu.area,
+            index = in(reg) cpu.index,
+            node = in(reg) cpu.node,
+            dir = in(reg) cpu.dir,
+            woff = in(reg) woff,
+            v = in(reg) v,
+            idx = out(reg) _,
+            nd = out(reg) _,
+            off = out(reg) _,
+            t = out(reg) _,
+            cs_field = const abi::offset::RSEQ_CS,
+            cpu_field = const abi::offset::CPU_ID,
+            shift = const UNIT_SHIFT,
+            slot_shift = const DIR_SLOT_SHIFT,
+            dir_planes = const DIR_PLANES,
+            dir_base = const DIR_BASE,
+            dir_limit = const DIR_LIMIT,
+            sig = const abi::SIGNATURE,
+            failed = label {
+                committed = false;
+            },
+            options(nostack),
+        )
+    };
+    committed
 }

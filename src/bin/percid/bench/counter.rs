@@ -2,7 +2,8 @@
 //!
 //! Every implementation runs at 1 thread, 2 (one per CPU on the reference machine) and
 //! 32 (oversubscribed: where preemption aborts and cid reuse show), each thread doing
-//! its share of increments on one instance. The peers are those of DESIGN.md
+//! its share of increments on one instance. `NumaCounter` runs beside `Counter`: on a
+//! one-node machine its cost (its time / `Counter`'s) shows what the NUMA layer adds. The peers are those of DESIGN.md
 //! section 4: one cache-padded `AtomicU64`, a LongAdder-style striped counter, and a
 //! thread-local cell, the no-sharing limit. Besides the plain `Counter` it measures
 //! the approximate-read counter (`batch(1024)`), `PerCid<u64>`, and a mixed workload of
@@ -16,10 +17,10 @@
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use percid::{Counter, PerCid};
+use percid::{Counter, NumaCounter, PerCid};
 
 use super::peers::{Padded, Striped, TLS_COUNT};
-use super::{Bench, Case, Config, Measurement, Ratio, Target};
+use super::{Bench, Case, Config, Goal, Measurement, Ratio, Target};
 
 pub const BENCH: Bench = Bench {
     name: "counter",
@@ -39,6 +40,7 @@ const BATCH: u64 = 1024;
 const READ_EVERY: u64 = 100;
 
 const COUNTER: &str = "percid::Counter";
+const NUMA: &str = "percid::NumaCounter";
 const ATOMIC: &str = "AtomicU64";
 const STRIPED: &str = "striped";
 const TLS: &str = "thread_local Cell";
@@ -54,7 +56,7 @@ fn case_name(label: &str, threads: usize) -> String {
     format!("{label} {threads}t")
 }
 
-const RATIOS: [Ratio; 11] = [
+const RATIOS: [Ratio; 13] = [
     Ratio {
         key: "speedup_vs_atomic_1t",
         peer: "AtomicU64 1t",
@@ -110,29 +112,45 @@ const RATIOS: [Ratio; 11] = [
         peer: "mixed striped 2t",
         ours: "mixed percid::Counter 2t",
     },
+    // A cost, not a speedup: NumaCounter's time over Counter's (the issue's
+    // `numa_cost_1node`, measured on the one-node reference machine).
+    Ratio {
+        key: "numa_cost_1node",
+        peer: "percid::NumaCounter 1t",
+        ours: "percid::Counter 1t",
+    },
+    Ratio {
+        key: "numa_speedup_vs_atomic_2t",
+        peer: "AtomicU64 2t",
+        ours: "percid::NumaCounter 2t",
+    },
 ];
 
 /// The goals the counter issue set; the table says whether each was met.
-pub const TARGETS: [Target; 5] = [
+pub const TARGETS: [Target; 6] = [
     Target {
         key: "speedup_vs_atomic_1t",
-        at_least: 2.0,
+        goal: Goal::AtLeast(2.0),
     },
     Target {
         key: "speedup_vs_tls_1t",
-        at_least: 0.67,
+        goal: Goal::AtLeast(0.67),
     },
     Target {
         key: "speedup_vs_atomic_2t",
-        at_least: 7.0,
+        goal: Goal::AtLeast(7.0),
     },
     Target {
         key: "speedup_vs_striped_2t",
-        at_least: 2.0,
+        goal: Goal::AtLeast(2.0),
     },
     Target {
         key: "speedup_vs_atomic_32t",
-        at_least: 5.0,
+        goal: Goal::AtLeast(5.0),
+    },
+    Target {
+        key: "numa_cost_1node",
+        goal: Goal::AtMost(1.2),
     },
 ];
 
@@ -150,6 +168,7 @@ fn run(config: &Config) -> Vec<Measurement> {
 /// count's cases (so a drained count belongs to exactly one case).
 struct Subjects {
     counter: Counter,
+    numa: NumaCounter,
     atomic: Padded<AtomicU64>,
     striped: Striped,
     batched: Counter,
@@ -163,6 +182,7 @@ impl Subjects {
     fn new() -> Subjects {
         Subjects {
             counter: Counter::new(),
+            numa: NumaCounter::new(),
             atomic: Padded(AtomicU64::new(0)),
             striped: Striped::new(),
             batched: Counter::builder()
@@ -179,7 +199,7 @@ impl Subjects {
 
 /// The cases of one thread count. Every operation goes through `black_box(&x)`, so
 /// no loop folds into one add.
-fn cases(threads: usize, s: &Subjects) -> [Case<'_>; 9] {
+fn cases(threads: usize, s: &Subjects) -> [Case<'_>; 10] {
     let t = threads;
     [
         checked(
@@ -188,6 +208,13 @@ fn cases(threads: usize, s: &Subjects) -> [Case<'_>; 9] {
             all,
             |_| black_box(&s.counter).inc(),
             || drain(&s.counter),
+        ),
+        checked(
+            NUMA,
+            t,
+            all,
+            |_| black_box(&s.numa).inc(),
+            || drain_numa(&s.numa),
         ),
         peer(ATOMIC, t, |_| {
             black_box(&s.atomic.0).fetch_add(1, Ordering::Relaxed);
@@ -314,6 +341,18 @@ fn drain(c: &Counter) -> u64 {
     taken
 }
 
+/// [`drain`] for a `NumaCounter`: its per-node totals must add up to what it took
+/// since creation.
+fn drain_numa(c: &NumaCounter) -> u64 {
+    let sum = c.sum();
+    let taken = c.take();
+    assert!(
+        sum == taken,
+        "bench counter: NumaCounter reads disagree: sum {sum}, take {taken}"
+    );
+    taken
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{MachineLine, Report};
@@ -384,6 +423,7 @@ mod tests {
             at("AtomicU64 1t", 3.0),
             at("percid::Counter 1t", 1.0),
             at("thread_local Cell 1t", 0.5),
+            at("percid::NumaCounter 1t", 1.25),
         ];
         let config = Config::new(true);
         let report = Report::new(BENCH.name, &config, MachineLine::probe(), results, &RATIOS);
@@ -395,7 +435,9 @@ mod tests {
         assert!(table.contains(
             "speedup_vs_atomic_2t: n/a  (AtomicU64 2t / percid::Counter 2t)  target >= 7: n/a"
         ));
+        assert!(table.contains("numa_cost_1node: 1.25x  (percid::NumaCounter 1t / percid::Counter 1t)  target <= 1.2: missed"));
         let json = report.json().to_string();
+        assert!(json.contains(r#""numa_cost_1node":{"at_most":1.2,"met":false}"#));
         assert!(json.contains(r#""speedup_vs_atomic_1t":3,"#));
         assert!(json.contains(r#""targets":{"speedup_vs_atomic_1t":{"at_least":2,"met":true},"#));
         assert!(json.contains(r#""speedup_vs_tls_1t":{"at_least":0.67,"met":false}"#));

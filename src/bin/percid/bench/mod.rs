@@ -58,7 +58,34 @@ const TARGETS: &[(&str, &[Target])] = &[(counter::BENCH.name, &counter::TARGETS)
 pub struct Target {
     /// The [`Ratio::key`] it applies to.
     pub key: &'static str,
-    pub at_least: f64,
+    pub goal: Goal,
+}
+
+/// Which side of its bound a ratio should be on.
+#[derive(Clone, Copy, Debug)]
+pub enum Goal {
+    /// A speedup: the ratio should be at least this.
+    AtLeast(f64),
+    /// A cost (ours / reference): the ratio should be at most this.
+    AtMost(f64),
+}
+
+impl Goal {
+    /// `>= 2` or `<= 1.2`, for the table.
+    fn describe(self) -> String {
+        match self {
+            Goal::AtLeast(v) => format!(">= {v}"),
+            Goal::AtMost(v) => format!("<= {v}"),
+        }
+    }
+
+    /// The JSON key and bound.
+    fn json(self) -> (&'static str, f64) {
+        match self {
+            Goal::AtLeast(v) => ("at_least", v),
+            Goal::AtMost(v) => ("at_most", v),
+        }
+    }
 }
 
 impl Target {
@@ -72,7 +99,10 @@ impl Target {
 
     /// `None` when the ratio could not be computed.
     pub fn met(&self, value: Option<f64>) -> Option<bool> {
-        value.map(|v| v >= self.at_least)
+        value.map(|v| match self.goal {
+            Goal::AtLeast(bound) => v >= bound,
+            Goal::AtMost(bound) => v <= bound,
+        })
     }
 }
 
@@ -496,7 +526,7 @@ impl Report {
                     Some(false) => "missed",
                     None => "n/a",
                 };
-                format!("  target >= {}: {verdict}", t.at_least)
+                format!("  target {}: {verdict}", t.goal.describe())
             });
             let v = v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}x"));
             let _ = writeln!(out, "  {}: {v}  ({} / {}){goal}", r.key, r.peer, r.ours);
@@ -522,12 +552,10 @@ impl Report {
             .map(|(r, v)| (r.key, v.map_or(Json::Null, |v| Json::rounded(v, 3))));
         let targets = self.ratios.iter().filter_map(|(r, v)| {
             let t = self.target(r.key)?;
+            let (bound_key, bound) = t.goal.json();
             Some((
                 r.key,
-                Json::object([
-                    ("at_least", Json::from(t.at_least)),
-                    ("met", t.met(*v).into()),
-                ]),
+                Json::object([(bound_key, Json::from(bound)), ("met", t.met(*v).into())]),
             ))
         });
         let mut json = Json::object([
