@@ -26,7 +26,11 @@
 //! * [`numa`]: the topology, node-bound memory and placement checks behind the
 //!   NUMA-aware structures ([`NumaCounter`]): shards keyed by (`node_id`, `mm_cid`),
 //!   both read in one critical section.
-//! * [`counter`], [`pool`], [`ring`]: the structures (see their modules).
+//! * [`counter`]: `Counter`, `SignedCounter`, `NumaCounter`, `PerCid`.
+//! * [`pool`]: `Pool<T>`, objects recycled through per-cid caches; [`alloc`]:
+//!   `PerCidAlloc`, a small-object allocator on the same machinery, usable as the
+//!   `#[global_allocator]`.
+//! * [`ring`]: per-cid MPSC rings (see its issue).
 //!
 //! # Safety and correctness
 //!
@@ -57,6 +61,7 @@
 // Under loom the rseq backend (registration, asm) is compiled but never selected.
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
 
+pub mod alloc;
 pub mod cid;
 pub mod counter;
 pub mod numa;
@@ -69,4 +74,5 @@ pub(crate) mod sync;
 pub mod testing;
 
 pub use counter::{Counter, CounterBuilder, NumaCounter, PerCid, SignedCounter};
+pub use pool::{Pool, PoolBox};
 pub use rseq::{current_cid, current_cpu, current_node};

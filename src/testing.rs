@@ -30,6 +30,13 @@ pub fn set_simulated_abort_rate(per_1024: u32) {
     crate::rseq::simulated::set_abort_rate(per_1024);
 }
 
+/// Restarts the calling thread's injected-abort generator from `seed`: the same
+/// operations then meet the same aborts (fuzz targets seed it per input, so a
+/// crash reproduces on its own).
+pub fn seed_simulated_aborts(seed: u64) {
+    crate::rseq::simulated::seed_aborts(seed);
+}
+
 /// Moves the calling thread to the portable backend for the rest of its life, so a
 /// test can mix rseq (or simulated) threads and portable threads on one structure.
 pub fn force_portable_backend() {

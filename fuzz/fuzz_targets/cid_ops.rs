@@ -10,7 +10,7 @@
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use percid::cid::{Arena, ListFull, PushOutcome, Shard};
-use percid::testing::{set_simulated_abort_rate, set_simulated_cid};
+use percid::testing::{seed_simulated_aborts, set_simulated_abort_rate, set_simulated_cid};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
@@ -59,6 +59,8 @@ fuzz_target!(
 );
 
 fn run(steps: &[Step]) {
+    // The same aborts every time an input runs: a crash reproduces on its own.
+    seed_simulated_aborts(0x5eed);
     let arena = Arena::with_capacity(CIDS, 2);
     // Words: 0 sum, 1 compare-store, 2 list head, 3 ring tail, 4 ring head, 5 ring buffer.
     let words = arena.alloc(6).unwrap();

@@ -30,7 +30,9 @@ use libfuzzer_sys::fuzz_target;
 use percid::cid::Arena;
 use percid::cid::Shard;
 use percid::numa::Topology;
-use percid::testing::{inject_node, set_simulated_abort_rate, set_simulated_cid};
+use percid::testing::{
+    inject_node, seed_simulated_aborts, set_simulated_abort_rate, set_simulated_cid,
+};
 use percid::{Counter, NumaCounter, SignedCounter};
 use std::cmp::Ordering;
 use std::sync::OnceLock;
@@ -145,6 +147,8 @@ fuzz_target!(
 );
 
 fn run(input: &Input) {
+    // The same aborts every time an input runs: a crash reproduces on its own.
+    seed_simulated_aborts(0x5eed);
     let batch = u64::from(input.batch % (MAX_BATCH + 1));
     let counter = Counter::builder()
         .arena(arena())

@@ -815,6 +815,19 @@ pub struct Word<'a> {
     pub(crate) offset: usize,
 }
 
+impl<'a> Word<'a> {
+    /// The word `i` places after this one in the same allocation (the caller keeps
+    /// `i` within it).
+    #[inline(always)]
+    pub(crate) fn offset_by(self, i: usize) -> Word<'a> {
+        debug_assert!(self.offset + i < UNIT_WORDS);
+        Word {
+            chunk: self.chunk,
+            offset: self.offset + i,
+        }
+    }
+}
+
 impl fmt::Debug for Word<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Word")

@@ -47,6 +47,7 @@
 //! non-atomic commit with an atomic update of the same word.
 
 mod arena;
+pub(crate) mod list;
 mod ops;
 
 pub use arena::{Arena, NodeStorage, StorageError, StorageStats, Word, Words};

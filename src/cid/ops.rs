@@ -217,6 +217,53 @@ impl HotWord {
         false
     }
 
+    /// One attempt of `list_pop` on the rseq backend: `Some(Some(node))` when it
+    /// committed, `Some(None)` when the list is empty, `None` for anything else (the
+    /// caller then takes [`Word::list_pop`]).
+    ///
+    /// # Safety
+    /// As for [`Word::list_pop`], for the word this hot word was made from.
+    #[inline(always)]
+    pub(crate) unsafe fn try_list_pop(self) -> Option<Option<usize>> {
+        if let ThreadBackend::Rseq { area, index } = thread_backend() {
+            let cpu = SectionSite::plain(area, index, self.limit);
+            // SAFETY: `base` and `limit` come from `Word::hot` of a live word; listed
+            // nodes are live (the caller's contract).
+            let (st, _, node) = unsafe { arch::list_pop(cpu, self.base) };
+            return match st {
+                SectionStatus::Committed => Some(Some(node)),
+                SectionStatus::Failed => Some(None),
+                _ => None,
+            };
+        }
+        None
+    }
+
+    /// One attempt of `list_push` on the rseq backend: `Some(Ok(()))` when it
+    /// committed, `Some(Err(ListFull))` when the list is full, `None` for anything
+    /// else (the caller then takes [`Word::list_push`]).
+    ///
+    /// # Safety
+    /// As for [`Word::list_push`], for the word this hot word was made from.
+    #[inline(always)]
+    pub(crate) unsafe fn try_list_push(
+        self,
+        node: usize,
+        max_len: u16,
+    ) -> Option<Result<(), ListFull>> {
+        if let ThreadBackend::Rseq { area, index } = thread_backend() {
+            let cpu = SectionSite::plain(area, index, self.limit);
+            // SAFETY: as in `try_list_pop`; the node is the caller's.
+            let (st, _) = unsafe { arch::list_push(cpu, self.base, node, u64::from(max_len)) };
+            return match st {
+                SectionStatus::Committed => Some(Ok(())),
+                SectionStatus::Failed => Some(Err(ListFull)),
+                _ => None,
+            };
+        }
+        None
+    }
+
     /// Word `i` of the allocation in the unit of index `idx` of plane 0.
     ///
     /// # Safety
@@ -569,7 +616,9 @@ impl<'a> Word<'a> {
     }
 
     /// `list_push`: pushes `node` on the caller's shard's list unless it already
-    /// holds `max_len` nodes (then `Err(ListFull)`, and the list did not take the node).
+    /// holds `max_len` nodes (then `Err(ListFull)`, and the list did not take the node;
+    /// its link word may have been overwritten by an attempt that aborted, so a
+    /// caller that keeps the node in a chain of its own relinks it).
     ///
     /// # Safety
     /// `node` is an 8-byte aligned, writable word below 2^48 that the caller owns and

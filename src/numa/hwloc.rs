@@ -148,9 +148,9 @@ pub(crate) unsafe fn bind(ptr: *mut u8, len: usize, node: u32) -> Binding {
     let Some(nodeset) = object.nodeset().map(|set| set.clone_target()) else {
         return Binding::Failed(format!("hwloc gives NUMA node {node} no nodeset"));
     };
-    // SAFETY: the caller keeps `[ptr, ptr + len)` mapped for the call; atomics make no
-    // claim that nobody writes the bytes meanwhile, and hwloc only passes the address
-    // range to mbind(2), it never reads or writes the memory.
+    // hwloc only passes the address range to mbind(2), it never reads or writes it.
+    // SAFETY: the caller keeps `[ptr, ptr + len)` mapped for the call; atomics make
+    // no claim that nobody writes the bytes meanwhile.
     let area =
         unsafe { std::slice::from_raw_parts(ptr.cast::<std::sync::atomic::AtomicU8>(), len) };
     match hw.bind_memory_area(

@@ -1,3 +1,709 @@
-//! Per-cid memory pools (the pool issue builds them here): objects recycled through
-//! per-cid free lists with the `list_pop` / `list_push` critical sections, batches
-//! moved to a shared depot, idle cids drained after [`crate::rseq::fence_rseq`].
+//! Per-cid object pools: objects recycled through per-cid free lists, as tcmalloc's
+//! per-CPU caches do, sized to the cids the process really uses.
+//!
+//! # How a [`Pool`] works
+//!
+//! * Every cid has a **cache**: a free list whose head is one word per cid in the
+//!   [`crate::cid`] arena (first object's address in the low 48 bits, list length in
+//!   the high 16). [`Pool::get`] pops with the `list_pop` critical section,
+//!   dropping a [`PoolBox`] pushes with `list_push`: one rseq section each, a single
+//!   committing store, no atomic read-modify-write, no lock.
+//! * An object is a **slot**: a link word (its list link while it is free), a state
+//!   word (the debug checks) and the `T`, which stays initialised while the slot is
+//!   free: a pool recycles values (buffers keep their capacity), it does not drop
+//!   them. An optional reset hook runs when a value comes back.
+//! * A cache holds at most `capacity` objects. A put that finds it full moves a
+//!   **batch** (the object and `batch - 1` others) to the shared **depot**, a get that
+//!   finds it empty takes a batch back (installed in the cache with one section when
+//!   the cache is still empty): the depot's lock is taken once per batch.
+//! * When the depot is empty the pool grows by a slab of new objects, up to
+//!   `max_objects` when set. Before it grows, it drains the caches of other cids if
+//!   they hold at least a batch (a cid that went idle keeps its cache otherwise):
+//!   the drainer swaps a cache's head for a token that makes every section on it
+//!   fail, fences with [`crate::rseq::fence_rseq`] so that no section that read the
+//!   old head can still commit, and then owns the list. [`Pool::trim`] does the same
+//!   on request.
+//!
+//! Objects parked in caches are therefore at most `capacity × cids`; a producer that
+//! gets on one thread and a consumer that drops on another reach a steady state in
+//! which batches circulate through the depot. Memory of slabs is freed with the pool;
+//! free slots are reachable by sections until then, so nothing a section may read is
+//! ever freed under it.
+//!
+//! # Debug checks
+//!
+//! With [`PoolBuilder::debug`] (on by default in debug builds) every slot carries its
+//! state (free, in a `PoolBox`, raw): returning an object twice, or giving
+//! [`PoolBox::from_raw`] a pointer that is not a raw object of this pool, panics with
+//! a message instead of corrupting the lists.
+
+use crate::cid::list::{self, first as chain_node, len as chain_len, pack};
+use crate::cid::{self, Arena, HotWord, ListFull, StorageError, Word, Words};
+use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
+use std::cell::UnsafeCell;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+
+/// Most objects a cache may hold: the list length has 16 bits, and the all-ones
+/// length is the drain token.
+pub const MAX_CAPACITY: usize = (1 << 16) - 2;
+
+/// Largest alignment a pooled type may ask for.
+pub const MAX_ALIGN: usize = 4096;
+
+/// Slot states (debug checks).
+const FREE: u64 = 1;
+const BOXED: u64 = 2;
+const RAW: u64 = 3;
+
+/// Why a pool could not be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// A cache capacity of zero.
+    ZeroCapacity,
+    /// A cache capacity above [`MAX_CAPACITY`].
+    CapacityTooLarge {
+        /// Capacity asked for.
+        capacity: usize,
+    },
+    /// A batch of zero, or larger than the cache capacity.
+    BadBatch {
+        /// Batch asked for.
+        batch: usize,
+        /// The cache capacity.
+        capacity: usize,
+    },
+    /// `max_objects(0)`: a pool that could never hand out anything.
+    ZeroMaxObjects,
+    /// `T`'s alignment is above [`MAX_ALIGN`].
+    AlignTooLarge {
+        /// `align_of::<T>()`.
+        align: usize,
+    },
+    /// The per-cid cache heads could not be allocated.
+    Storage(StorageError),
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::ZeroCapacity => f.write_str("a pool cache needs a capacity of at least 1"),
+            PoolError::CapacityTooLarge { capacity } => write!(
+                f,
+                "cache capacity {capacity} exceeds the maximum of {MAX_CAPACITY}"
+            ),
+            PoolError::BadBatch { batch, capacity } => write!(
+                f,
+                "batch {batch} must be between 1 and the cache capacity ({capacity})"
+            ),
+            PoolError::ZeroMaxObjects => f.write_str("max_objects must be at least 1"),
+            PoolError::AlignTooLarge { align } => write!(
+                f,
+                "alignment {align} exceeds the maximum of {MAX_ALIGN} (the page size)"
+            ),
+            PoolError::Storage(e) => write!(f, "pool cache heads: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PoolError {}
+
+/// One pooled object: its list link, its debug state and the value.
+#[repr(C)]
+struct Slot<T> {
+    /// The list link while the slot is free (the packed head of the rest of the
+    /// list); first, so the slot's address is the list node's.
+    link: AtomicU64,
+    state: AtomicU64,
+    value: UnsafeCell<T>,
+}
+
+impl<T> Slot<T> {
+    fn node(&self) -> usize {
+        self as *const Slot<T> as usize
+    }
+
+    /// # Safety
+    /// `node` is the address of a live slot of this pool.
+    unsafe fn from_node<'a>(node: usize) -> &'a Slot<T> {
+        // SAFETY: the caller's contract.
+        unsafe { &*(node as *const Slot<T>) }
+    }
+}
+
+type Init<T> = Box<dyn Fn() -> T + Send + Sync>;
+type Reset<T> = Box<dyn Fn(&mut T) + Send + Sync>;
+
+/// Builds a [`Pool`]: see the builder methods for the defaults.
+pub struct PoolBuilder<T> {
+    init: Init<T>,
+    reset: Option<Reset<T>>,
+    capacity: usize,
+    batch: Option<usize>,
+    max_objects: Option<usize>,
+    debug: bool,
+    arena: Option<&'static Arena>,
+}
+
+impl<T: Send> PoolBuilder<T> {
+    /// Objects each cid's cache holds at most (default 64, at most [`MAX_CAPACITY`]).
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Objects moved between a cache and the depot at once (default: half the
+    /// capacity, at least 1).
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = Some(batch);
+        self
+    }
+
+    /// Creates at most this many objects: [`Pool::try_get`] then returns `None`
+    /// when all are in use, [`Pool::get`] waits for one.
+    pub fn max_objects(mut self, max: usize) -> Self {
+        self.max_objects = Some(max);
+        self
+    }
+
+    /// Runs on every value handed back, before it is parked for reuse. If it panics,
+    /// that object is taken out of circulation (dropped with the pool): a bounded
+    /// pool then has one object fewer.
+    pub fn reset(mut self, reset: impl Fn(&mut T) + Send + Sync + 'static) -> Self {
+        self.reset = Some(Box::new(reset));
+        self
+    }
+
+    /// Detects double returns and foreign pointers (see the module docs). On by
+    /// default in debug builds.
+    pub fn debug(mut self, debug: bool) -> Self {
+        self.debug = debug;
+        self
+    }
+
+    /// Allocates the cache heads from `arena` instead of the process-wide one.
+    pub fn arena(mut self, arena: &'static Arena) -> Self {
+        self.arena = Some(arena);
+        self
+    }
+
+    /// Checks the configuration and allocates the per-cid cache heads.
+    pub fn build(self) -> Result<Pool<T>, PoolError> {
+        if self.capacity == 0 {
+            return Err(PoolError::ZeroCapacity);
+        }
+        if self.capacity > MAX_CAPACITY {
+            return Err(PoolError::CapacityTooLarge {
+                capacity: self.capacity,
+            });
+        }
+        let batch = self.batch.unwrap_or((self.capacity / 2).max(1));
+        if batch == 0 || batch > self.capacity {
+            return Err(PoolError::BadBatch {
+                batch,
+                capacity: self.capacity,
+            });
+        }
+        if self.max_objects == Some(0) {
+            return Err(PoolError::ZeroMaxObjects);
+        }
+        if std::mem::align_of::<T>() > MAX_ALIGN {
+            return Err(PoolError::AlignTooLarge {
+                align: std::mem::align_of::<T>(),
+            });
+        }
+        let arena = self.arena.unwrap_or_else(cid::global);
+        let heads = arena.alloc(1).map_err(PoolError::Storage)?;
+        let (base, limit) = heads.first().hot();
+        Ok(Pool {
+            hot: HotWord::from_parts(base, limit),
+            heads,
+            init: self.init,
+            reset: self.reset,
+            capacity: self.capacity as u16,
+            batch: batch as u64,
+            max_objects: self.max_objects.map_or(u64::MAX, |m| m as u64),
+            debug: self.debug,
+            depot: Mutex::new(Depot {
+                chains: Vec::new(),
+                created: 0,
+            }),
+            slabs: Mutex::new(Vec::new()),
+            drain: Mutex::new(()),
+        })
+    }
+}
+
+/// The shared store of free batches.
+struct Depot {
+    /// Packed chain heads.
+    chains: Vec<u64>,
+    /// Objects created so far (bounded by `max_objects`).
+    created: u64,
+}
+
+/// A pool of `T`s recycled through per-cid caches: see the [module docs](self).
+///
+/// ```
+/// use percid::pool::Pool;
+///
+/// let pool = Pool::builder(|| Vec::<u8>::with_capacity(4096))
+///     .reset(|buf| buf.clear())
+///     .build()
+///     .unwrap();
+/// std::thread::scope(|s| {
+///     for _ in 0..4 {
+///         s.spawn(|| {
+///             let mut buf = pool.get(); // from this cid's cache: one rseq section
+///             buf.extend_from_slice(b"request");
+///             assert!(buf.capacity() >= 4096);
+///         }); // back to the cache of the cid the dropping thread runs on
+///     }
+/// });
+/// ```
+pub struct Pool<T> {
+    /// The heads word's fast-path addresses (see `HotWord`).
+    hot: HotWord,
+    heads: Words<'static>,
+    init: Init<T>,
+    reset: Option<Reset<T>>,
+    capacity: u16,
+    batch: u64,
+    max_objects: u64,
+    debug: bool,
+    depot: Mutex<Depot>,
+    /// Every slot ever created, by slab; freed with the pool.
+    #[allow(clippy::vec_box)] // the slab addresses must not move as the list grows
+    slabs: Mutex<Vec<Box<[Slot<T>]>>>,
+    /// Serialises drains: the drain token is one value, so one drainer at a time.
+    drain: Mutex<()>,
+}
+
+// SAFETY: the pool hands its `T`s to whichever thread gets them (so `T: Send`), and
+// shares them with no one: a slot is reachable through one `PoolBox` at a time, or
+// through a free list, whose operations never touch the value.
+unsafe impl<T: Send> Send for Pool<T> {}
+// SAFETY: as above; every shared part is atomics or behind a mutex.
+unsafe impl<T: Send> Sync for Pool<T> {}
+
+impl<T: Send> Pool<T> {
+    /// A pool with the default configuration whose objects `init` creates.
+    pub fn new(init: impl Fn() -> T + Send + Sync + 'static) -> Result<Pool<T>, PoolError> {
+        Pool::builder(init).build()
+    }
+
+    /// A builder for a pool whose objects `init` creates.
+    pub fn builder(init: impl Fn() -> T + Send + Sync + 'static) -> PoolBuilder<T> {
+        PoolBuilder {
+            init: Box::new(init),
+            reset: None,
+            capacity: 64,
+            batch: None,
+            max_objects: None,
+            debug: cfg!(debug_assertions),
+            arena: None,
+        }
+    }
+
+    fn heads(&self) -> Word<'_> {
+        self.heads.first()
+    }
+
+    /// An object: from the calling cid's cache (one rseq section), else from the
+    /// depot, else a new one. A bounded pool whose objects are all in use waits
+    /// (spinning, then yielding) until one comes back: see [`Pool::try_get`].
+    #[inline]
+    pub fn get(&self) -> PoolBox<'_, T> {
+        if let Some(slot) = self.pop() {
+            return self.boxed(slot);
+        }
+        self.get_slow(true)
+            .expect("a blocking get returns an object")
+    }
+
+    /// Like [`Pool::get`], but `None` when the pool is bounded and every object it
+    /// may create is in use. With other threads returning objects at the same time,
+    /// `None` may also mean that the free ones were in transit between a cache and
+    /// the depot while this call looked: retry, or use [`Pool::get`], which waits.
+    #[inline]
+    pub fn try_get(&self) -> Option<PoolBox<'_, T>> {
+        if let Some(slot) = self.pop() {
+            return Some(self.boxed(slot));
+        }
+        self.get_slow(false)
+    }
+
+    #[inline(always)]
+    fn pop(&self) -> Option<&Slot<T>> {
+        // SAFETY: every node on the heads' lists is a slot of this pool, alive as
+        // long as the pool, and only list operations (or a drainer that owns the
+        // list) write the heads and the links of listed slots.
+        let node = match unsafe { self.hot.try_list_pop() } {
+            Some(node) => node?,
+            // SAFETY: as above.
+            None => unsafe { self.heads().list_pop() }?.0,
+        };
+        // SAFETY: a listed node is a slot of this pool.
+        Some(unsafe { Slot::from_node(node) })
+    }
+
+    #[inline(always)]
+    fn boxed(&self, slot: &Slot<T>) -> PoolBox<'_, T> {
+        if self.debug {
+            self.transition(slot, FREE, BOXED, "handed out an object that is not free");
+        }
+        PoolBox {
+            pool: self,
+            slot: NonNull::from(slot),
+            _not_sync: PhantomData,
+        }
+    }
+
+    /// Moves a slot's debug state, panicking with `what` when it was not `from`.
+    fn transition(&self, slot: &Slot<T>, from: u64, to: u64, what: &str) {
+        let was = slot.state.swap(to, Ordering::AcqRel);
+        if was != from {
+            slot.state.store(was, Ordering::Release);
+            panic!(
+                "percid::pool: {what} (object at {:#x} is {})",
+                slot.node(),
+                state_name(was)
+            );
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn get_slow(&self, block: bool) -> Option<PoolBox<'_, T>> {
+        let mut round = 0;
+        loop {
+            if let Some(slot) = self.pop() {
+                return Some(self.boxed(slot));
+            }
+            // The guard must be gone before `install`, which may lock the depot.
+            let chain = self.lock_depot().chains.pop();
+            if let Some(chain) = chain {
+                return Some(self.boxed(self.install(chain)));
+            }
+            // Idle caches first, a new slab only when they hold little.
+            if self.cached_elsewhere() >= self.batch && self.drain_caches() > 0 {
+                continue;
+            }
+            if let Some(chain) = self.grow() {
+                return Some(self.boxed(self.install(chain)));
+            }
+            // Bounded and every object created: what is parked in caches counts.
+            if self.drain_caches() > 0 {
+                continue;
+            }
+            if !block {
+                return None;
+            }
+            crate::sync::backoff(&mut round);
+        }
+    }
+
+    /// Takes the chain's first slot, and puts the rest in the caller's cache: with
+    /// one section when the cache is empty, else slot by slot; what does not fit
+    /// goes back to the depot.
+    fn install(&self, chain: u64) -> &Slot<T> {
+        let first_node = chain_node(chain);
+        // SAFETY: chains hold slots of this pool, owned by the caller.
+        let first = unsafe { Slot::<T>::from_node(first_node) };
+        let mut rest = first.link.load(Ordering::Acquire);
+        if chain_len(rest) == 0 {
+            return first;
+        }
+        if self.heads().compare_store(0, rest).is_ok() {
+            return first;
+        }
+        while chain_len(rest) > 0 {
+            let node = chain_node(rest);
+            // SAFETY: `node` is an owned slot of this pool.
+            let slot = unsafe { Slot::<T>::from_node(node) };
+            let next = slot.link.load(Ordering::Acquire);
+            // SAFETY: the slot is ours, 8-byte aligned and below 2^48 (a user-space
+            // address); the lists hold only this pool's slots.
+            if unsafe { self.heads().list_push(node, self.capacity) }.is_err() {
+                // An aborted attempt may have written the link before the one that
+                // found the cache full: relink the slot to the rest of the chain.
+                slot.link.store(next, Ordering::Relaxed);
+                break;
+            }
+            rest = next;
+        }
+        if chain_len(rest) > 0 {
+            self.lock_depot().chains.push(rest);
+        }
+        first
+    }
+
+    /// Objects in the caches, as their heads say now (racy, for decisions only).
+    fn cached_elsewhere(&self) -> u64 {
+        list::cached(self.heads())
+    }
+
+    /// A new slab of at most a batch of objects, as a chain, or `None` when the pool
+    /// has created `max_objects`.
+    fn grow(&self) -> Option<u64> {
+        let n = {
+            let mut depot = self.lock_depot();
+            let n = self.batch.min(self.max_objects - depot.created);
+            if n == 0 {
+                return None;
+            }
+            depot.created += n;
+            n
+        };
+        // User code (init) runs with no lock held. If it panics, the values made so
+        // far are dropped and the reservation is given back.
+        struct Reserved<'a>(&'a Mutex<Depot>, u64);
+        impl Drop for Reserved<'_> {
+            fn drop(&mut self) {
+                lock(self.0).created -= self.1;
+            }
+        }
+        let reserved = Reserved(&self.depot, n);
+        let slab: Box<[Slot<T>]> = (0..n)
+            .map(|_| Slot {
+                link: AtomicU64::new(0),
+                state: AtomicU64::new(FREE),
+                value: UnsafeCell::new((self.init)()),
+            })
+            .collect();
+        std::mem::forget(reserved);
+        let mut chain = 0u64;
+        for (i, slot) in slab.iter().enumerate().rev() {
+            slot.link.store(chain, Ordering::Relaxed);
+            chain = pack(slot.node(), n - i as u64);
+        }
+        // Release: the links are written before another thread can take the chain
+        // (the mutexes order the hand-over as well).
+        lock(&self.slabs).push(slab);
+        Some(chain)
+    }
+
+    /// Moves every cache that holds objects to the depot (see the module docs).
+    /// Returns how many objects moved.
+    fn drain_caches(&self) -> u64 {
+        let _one_drainer = lock(&self.drain);
+        list::drain(self.heads(), |chain| self.lock_depot().chains.push(chain))
+    }
+
+    /// Moves every object parked in the cid caches to the depot, so that a thread
+    /// on any cid can reuse them (after a burst, or before a phase that runs on
+    /// other CPUs). Costs an rseq fence per non-empty cache.
+    pub fn trim(&self) {
+        self.drain_caches();
+    }
+
+    /// Objects created so far (in use or free).
+    pub fn created(&self) -> usize {
+        self.lock_depot().created as usize
+    }
+
+    /// Objects parked in the cid caches and in the depot (a racy snapshot).
+    pub fn idle(&self) -> usize {
+        let depot: u64 = self.lock_depot().chains.iter().map(|&c| chain_len(c)).sum();
+        (depot + self.cached_elsewhere()) as usize
+    }
+
+    /// Objects parked in the cid caches (a racy snapshot): at most `capacity ×`
+    /// the cids (and lanes) used.
+    pub fn cached(&self) -> usize {
+        self.cached_elsewhere() as usize
+    }
+
+    fn lock_depot(&self) -> MutexGuard<'_, Depot> {
+        lock(&self.depot)
+    }
+
+    /// Returns a slot: its value is reset, then pushed on the caller's cache, or
+    /// (cache full) moved to the depot with a batch of the cache.
+    #[inline]
+    fn put(&self, slot: &Slot<T>) {
+        if let Some(reset) = &self.reset {
+            // SAFETY: the caller owned the slot (its `PoolBox`), nobody else
+            // reaches the value.
+            reset(unsafe { &mut *slot.value.get() });
+        }
+        if self.debug {
+            self.transition(slot, BOXED, FREE, "an object returned twice");
+        }
+        // SAFETY: the slot is ours, aligned and a user-space address; the lists hold
+        // only this pool's slots.
+        let pushed = match unsafe { self.hot.try_list_push(slot.node(), self.capacity) } {
+            Some(pushed) => pushed,
+            // SAFETY: as above.
+            None => unsafe { self.heads().list_push(slot.node(), self.capacity) }.map(|_| ()),
+        };
+        if let Err(ListFull) = pushed {
+            self.spill(slot);
+        }
+    }
+
+    /// The cache is full: `slot` and up to `batch - 1` objects of the cache go to the
+    /// depot as one chain.
+    #[cold]
+    #[inline(never)]
+    fn spill(&self, slot: &Slot<T>) {
+        slot.link.store(0, Ordering::Relaxed);
+        let mut chain = pack(slot.node(), 1);
+        while chain_len(chain) < self.batch {
+            // SAFETY: as in `pop`.
+            let Some((node, _)) = (unsafe { self.heads().list_pop() }) else {
+                break;
+            };
+            // SAFETY: a listed node is a slot of this pool, now ours.
+            let popped = unsafe { Slot::<T>::from_node(node) };
+            popped.link.store(chain, Ordering::Relaxed);
+            chain = pack(node, chain_len(chain) + 1);
+        }
+        self.lock_depot().chains.push(chain);
+    }
+}
+
+impl<T> Drop for Pool<T> {
+    fn drop(&mut self) {
+        // No `PoolBox` outlives the borrow of the pool: every value is here, free or
+        // raw (a raw object never given back is dropped with its pool).
+        // Dropping the slabs drops every value; the cache heads that pointed into
+        // them are zeroed when their words go back to the arena.
+        drop(std::mem::take(&mut *lock(&self.slabs)));
+    }
+}
+
+impl<T> fmt::Debug for Pool<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("capacity", &self.capacity)
+            .field("batch", &self.batch)
+            .field("created", &lock(&self.depot).created)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The pool's state is consistent across a panic in user code (init, reset):
+    // neither runs under a lock.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn state_name(state: u64) -> &'static str {
+    match state {
+        FREE => "free",
+        BOXED => "in a PoolBox",
+        RAW => "raw (into_raw)",
+        _ => "not a slot of this pool",
+    }
+}
+
+/// An object of a [`Pool`]: derefs to `T`, goes back to the pool when dropped —
+/// into the cache of the cid the dropping thread runs on, so dropping on another
+/// thread than the one that got it is the normal case and stays fast.
+pub struct PoolBox<'a, T: Send> {
+    pool: &'a Pool<T>,
+    slot: NonNull<Slot<T>>,
+    /// `Sync` only when `T: Sync` (below).
+    _not_sync: PhantomData<*const ()>,
+}
+
+// SAFETY: a `PoolBox` owns its value exclusively; moving it moves the `T` (needs
+// `T: Send`), and the pool it returns to is `Sync`.
+unsafe impl<T: Send> Send for PoolBox<'_, T> {}
+// SAFETY: `&PoolBox` only gives `&T`.
+unsafe impl<T: Send + Sync> Sync for PoolBox<'_, T> {}
+
+impl<'a, T: Send> PoolBox<'a, T> {
+    fn slot(&self) -> &Slot<T> {
+        // SAFETY: the slot lives in one of the pool's slabs, which live as long as
+        // the pool, which outlives `'a`.
+        unsafe { self.slot.as_ref() }
+    }
+
+    /// Gives up the box without returning the object: a pointer to the value, for
+    /// [`PoolBox::from_raw`]. An object never given back stays in use (and is
+    /// dropped with the pool).
+    pub fn into_raw(this: Self) -> *mut T {
+        let this = std::mem::ManuallyDrop::new(this);
+        if this.pool.debug {
+            this.pool.transition(
+                this.slot(),
+                BOXED,
+                RAW,
+                "into_raw of an object not in a box",
+            );
+        }
+        this.slot().value.get()
+    }
+
+    /// Takes back an object given up with [`PoolBox::into_raw`].
+    ///
+    /// With the pool's debug checks on, a pointer that is not a raw object of this
+    /// pool (a foreign pointer, or one already taken back) panics.
+    ///
+    /// # Safety
+    /// `ptr` came from `into_raw` on a box of `pool`, and was not taken back since.
+    pub unsafe fn from_raw(pool: &'a Pool<T>, ptr: *mut T) -> PoolBox<'a, T> {
+        let offset = std::mem::offset_of!(Slot<T>, value);
+        let node = (ptr as usize).wrapping_sub(offset);
+        if pool.debug {
+            let known = lock(&pool.slabs).iter().any(|slab| {
+                let start = slab.as_ptr() as usize;
+                let end = start + std::mem::size_of_val(&**slab);
+                (start..end).contains(&node)
+                    && (node - start).is_multiple_of(std::mem::size_of::<Slot<T>>())
+            });
+            assert!(
+                known,
+                "percid::pool: from_raw of a pointer ({ptr:p}) that is not an object of this pool"
+            );
+        }
+        // SAFETY: the caller's contract (checked above in debug mode): `node` is a
+        // slot of this pool, given up by `into_raw`.
+        let slot = unsafe { Slot::<T>::from_node(node) };
+        if pool.debug {
+            pool.transition(slot, RAW, BOXED, "from_raw of an object that is not raw");
+        }
+        PoolBox {
+            pool,
+            slot: NonNull::from(slot),
+            _not_sync: PhantomData,
+        }
+    }
+}
+
+impl<T: Send> Deref for PoolBox<'_, T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        // SAFETY: the box owns the slot's value exclusively.
+        unsafe { &*self.slot().value.get() }
+    }
+}
+
+impl<T: Send> DerefMut for PoolBox<'_, T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the box owns the slot's value exclusively, and `&mut self` is
+        // unique.
+        unsafe { &mut *self.slot().value.get() }
+    }
+}
+
+impl<T: Send> Drop for PoolBox<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        self.pool.put(self.slot());
+    }
+}
+
+impl<T: Send + fmt::Debug> fmt::Debug for PoolBox<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}

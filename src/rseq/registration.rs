@@ -222,6 +222,20 @@ fn thread_backend_slow(area: usize) -> ThreadBackend {
     }
 }
 
+/// Whether the calling thread's backend is already decided (its next operation does
+/// not need to look the registration up). One thread-local load.
+#[cfg(not(loom))]
+#[inline(always)]
+pub(crate) fn thread_resolved() -> bool {
+    AREA.get() != UNRESOLVED
+}
+
+/// Under loom every model thread is resolved (simulated or portable).
+#[cfg(loom)]
+pub(crate) fn thread_resolved() -> bool {
+    true
+}
+
 /// Set (sequentially consistent) before any thread runs its first rseq section.
 static RSEQ_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

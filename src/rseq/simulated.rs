@@ -106,6 +106,13 @@ pub(crate) fn set_abort_rate(per_1024: u32) {
     ABORT_RATE.with(|c| c.set(Some(per_1024.min(1024))));
 }
 
+/// Restarts the calling thread's abort generator from `seed`, so a run (a fuzz
+/// input) sees the same aborts every time.
+#[cfg(any(test, loom, feature = "testing"))]
+pub(crate) fn seed_aborts(seed: u64) {
+    RNG.with(|r| r.set(seed));
+}
+
 fn abort_rate() -> u32 {
     ABORT_RATE.with(|c| match c.get() {
         Some(rate) => rate,

@@ -118,6 +118,18 @@ fn parse_threads(value: &str) -> Result<usize, UsageError> {
 }
 
 fn run_bench(args: &[String]) -> Result<String, UsageError> {
+    // Internal: the child process `bench pool` starts to measure one allocator's
+    // peak memory on the larson workload.
+    if let [cmd, alloc, threads, ops] = args
+        && cmd == "larson-rss"
+    {
+        let parse = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|e| UsageError(format!("`{v}`: {e}")))
+        };
+        return bench::larson_rss_child(alloc, parse(threads)? as usize, parse(ops)?)
+            .map_err(UsageError);
+    }
     let mut name = None;
     let (mut quick, mut json) = (false, false);
     for arg in args {

@@ -15,7 +15,14 @@
 
 pub mod counter;
 pub mod getcpu;
+mod larson;
 pub(crate) mod peers;
+pub mod pool;
+
+/// The larson peak-memory child (`percid bench larson-rss ALLOC THREADS OPS`).
+pub fn larson_rss_child(alloc: &str, threads: usize, ops: u64) -> Result<String, String> {
+    larson::rss_child(alloc, threads, ops).map(|line| line + "\n")
+}
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -46,11 +53,14 @@ impl Bench {
 }
 
 /// Every benchmark `percid bench` knows, in the order the usage text lists them.
-pub const BENCHES: &[Bench] = &[getcpu::BENCH, counter::BENCH];
+pub const BENCHES: &[Bench] = &[getcpu::BENCH, counter::BENCH, pool::BENCH];
 
 /// Goals set for some ratios, by benchmark. Kept beside [`BENCHES`] rather than in
 /// [`Ratio`] or [`Bench`] so benchmarks without goals need not say so.
-const TARGETS: &[(&str, &[Target])] = &[(counter::BENCH.name, &counter::TARGETS)];
+const TARGETS: &[(&str, &[Target])] = &[
+    (counter::BENCH.name, &counter::TARGETS),
+    (pool::BENCH.name, &pool::TARGETS),
+];
 
 /// A value a ratio should reach. The report shows it beside the measured ratio and
 /// says whether it was met; the measured number is never adjusted.
@@ -437,6 +447,22 @@ impl MachineLine {
     }
 }
 
+/// A ratio measured outside the timed cases (peak memory of child processes): its
+/// key, value and what it divides.
+#[derive(Clone, Debug)]
+pub struct Extra {
+    pub key: &'static str,
+    pub value: Option<f64>,
+    pub detail: String,
+}
+
+static EXTRAS: std::sync::Mutex<Vec<Extra>> = std::sync::Mutex::new(Vec::new());
+
+/// Records an [`Extra`] for the report of the benchmark that is running.
+pub fn record_extra(extra: Extra) {
+    EXTRAS.lock().unwrap_or_else(|p| p.into_inner()).push(extra);
+}
+
 /// Everything one `percid bench NAME` run found.
 pub struct Report {
     pub bench: &'static str,
@@ -444,6 +470,7 @@ pub struct Report {
     pub machine: MachineLine,
     pub results: Vec<Measurement>,
     pub ratios: Vec<(Ratio, Option<f64>)>,
+    pub extras: Vec<Extra>,
     pub targets: &'static [Target],
 }
 
@@ -462,6 +489,7 @@ impl Report {
             machine,
             results,
             ratios,
+            extras: std::mem::take(&mut *EXTRAS.lock().unwrap_or_else(|p| p.into_inner())),
             targets: Target::of(bench),
         }
     }
@@ -531,6 +559,23 @@ impl Report {
             let v = v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}x"));
             let _ = writeln!(out, "  {}: {v}  ({} / {}){goal}", r.key, r.peer, r.ours);
         }
+        if !self.extras.is_empty() {
+            out.push_str("\nmeasured outside the timed rounds\n");
+        }
+        for e in &self.extras {
+            let goal = self.target(e.key).map_or_else(String::new, |t| {
+                let verdict = match t.met(e.value) {
+                    Some(true) => "met",
+                    Some(false) => "missed",
+                    None => "n/a",
+                };
+                format!("  target {}: {verdict}", t.goal.describe())
+            });
+            let v = e
+                .value
+                .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}x"));
+            let _ = writeln!(out, "  {}: {v}  ({}){goal}", e.key, e.detail);
+        }
         out
     }
 
@@ -546,16 +591,21 @@ impl Report {
                 ("ops_per_sample", m.total_ops.into()),
             ])
         });
-        let ratios = self
+        let keyed: Vec<(&'static str, Option<f64>)> = self
             .ratios
             .iter()
-            .map(|(r, v)| (r.key, v.map_or(Json::Null, |v| Json::rounded(v, 3))));
-        let targets = self.ratios.iter().filter_map(|(r, v)| {
-            let t = self.target(r.key)?;
+            .map(|(r, v)| (r.key, *v))
+            .chain(self.extras.iter().map(|e| (e.key, e.value)))
+            .collect();
+        let ratios = keyed
+            .iter()
+            .map(|(k, v)| (*k, v.map_or(Json::Null, |v| Json::rounded(v, 3))));
+        let targets = keyed.iter().filter_map(|&(key, v)| {
+            let t = self.target(key)?;
             let (bound_key, bound) = t.goal.json();
             Some((
-                r.key,
-                Json::object([(bound_key, Json::from(bound)), ("met", t.met(*v).into())]),
+                key,
+                Json::object([(bound_key, Json::from(bound)), ("met", t.met(v).into())]),
             ))
         });
         let mut json = Json::object([
@@ -576,6 +626,13 @@ impl Report {
             ("results", Json::Array(results.collect())),
             ("ratios", Json::object(ratios)),
         ]);
+        if let (Json::Object(pairs), false) = (&mut json, self.extras.is_empty()) {
+            let details = self
+                .extras
+                .iter()
+                .map(|e| (e.key, Json::from(e.detail.as_str())));
+            pairs.push(("extras".to_owned(), Json::object(details)));
+        }
         // Only benchmarks with goals carry the key, so others' JSON is unchanged.
         if let (Json::Object(pairs), false) = (&mut json, self.targets.is_empty()) {
             pairs.push(("targets".to_owned(), Json::object(targets)));
