@@ -157,3 +157,63 @@ fn allocator_api2_collections_use_it() {
     let empty: AVec<(), &PerCidAlloc> = AVec::with_capacity_in(10, &a);
     assert_eq!(empty.len(), 0);
 }
+
+/// `fork()` while another thread keeps the heap's slow paths busy (spills, refills,
+/// trims): every child allocates from every class and exits. A heap lock copied
+/// locked into a child would hang it; the allocator takes its locks around fork.
+#[test]
+fn forked_children_can_allocate() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                held.push(vec![1u8; 16 + (i * 97) % 32_000]);
+                if held.len() > 300 {
+                    held.clear();
+                }
+                if i.is_multiple_of(500) {
+                    ALLOC.trim();
+                }
+                i += 1;
+            }
+        });
+        for _ in 0..(rounds() / 100).max(20) {
+            // SAFETY: the child only allocates, frees and `_exit`s; the parent waits
+            // for it below.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+            if pid == 0 {
+                let ok = (0..200).all(|k| {
+                    let v = vec![k as u8; 16 + k * 160];
+                    v.iter().all(|&b| b == k as u8)
+                });
+                // SAFETY: ends the child without running the parent's destructors.
+                unsafe { libc::_exit(if ok { 0 } else { 2 }) };
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            let mut status = 0;
+            loop {
+                // SAFETY: waits for our own child.
+                let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+                if rc == pid {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    // SAFETY: our own child, hung.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    stop.store(true, Ordering::Relaxed);
+                    panic!("a forked child hung allocating (a heap lock copied locked?)");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "child status {status:#x}"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}

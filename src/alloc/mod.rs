@@ -40,7 +40,6 @@
 use crate::cid::list::{self, first as chain_node, len as chain_len, pack};
 use crate::cid::{Arena, ListFull, Word, Words};
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -112,46 +111,21 @@ const fn cache_capacity(class: usize) -> u16 {
     }
 }
 
-thread_local! {
-    /// Set while the allocator's own code runs on this thread: allocations that
-    /// come back in go to the system allocator.
-    static GUARD: Cell<bool> = const { Cell::new(false) };
-}
+use crate::rseq::registration::{in_internal, internal as guarded};
 
-/// Runs `f` with the guard set (nested allocations go to the system allocator).
-fn guarded<R>(f: impl FnOnce() -> R) -> R {
-    let was = GUARD.get();
-    GUARD.set(true);
-    let r = f();
-    GUARD.set(was);
-    r
-}
+/// A spin lock in one word, for the heap's short critical sections (no allocation,
+/// usable from `pthread_atfork` handlers).
+struct SpinLock(AtomicU32);
 
-/// One class's shared state.
-struct Class {
-    lock: AtomicU32,
-    /// Top chain of the depot (packed: address | length << 48), 0 when empty; each
-    /// chain's first block holds the next chain in its second word.
-    depot: AtomicU64,
-    /// The span blocks are carved from: next block and end.
-    carve: AtomicUsize,
-    carve_end: AtomicUsize,
-}
-
-impl Class {
-    const fn new() -> Class {
-        Class {
-            lock: AtomicU32::new(0),
-            depot: AtomicU64::new(0),
-            carve: AtomicUsize::new(0),
-            carve_end: AtomicUsize::new(0),
-        }
+impl SpinLock {
+    const fn new() -> SpinLock {
+        SpinLock(AtomicU32::new(0))
     }
 
     fn lock(&self) {
         let mut round = 0u32;
         while self
-            .lock
+            .0
             .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
@@ -167,7 +141,37 @@ impl Class {
     }
 
     fn unlock(&self) {
-        self.lock.store(0, Ordering::Release);
+        self.0.store(0, Ordering::Release);
+    }
+}
+
+/// One class's shared state.
+struct Class {
+    lock: SpinLock,
+    /// Top chain of the depot (packed: address | length << 48), 0 when empty; each
+    /// chain's first block holds the next chain in its second word.
+    depot: AtomicU64,
+    /// The span blocks are carved from: next block and end.
+    carve: AtomicUsize,
+    carve_end: AtomicUsize,
+}
+
+impl Class {
+    const fn new() -> Class {
+        Class {
+            lock: SpinLock::new(),
+            depot: AtomicU64::new(0),
+            carve: AtomicUsize::new(0),
+            carve_end: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) {
+        self.lock.lock();
+    }
+
+    fn unlock(&self) {
+        self.lock.unlock();
     }
 }
 
@@ -190,6 +194,8 @@ struct Heap {
     /// The cache heads: word `c` is class `c`'s (a leaked `Words`).
     heads: AtomicUsize,
     classes: [Class; CLASSES],
+    /// One drainer at a time (the drain token is one value).
+    trim: SpinLock,
 }
 
 static HEAP: Heap = Heap {
@@ -200,7 +206,34 @@ static HEAP: Heap = Heap {
     bump: AtomicUsize::new(0),
     heads: AtomicUsize::new(0),
     classes: [const { Class::new() }; CLASSES],
+    trim: SpinLock::new(),
 };
+
+/// `fork()` with a heap lock held by another thread would leave the child a lock
+/// nobody releases: before the fork every heap lock is taken (trim first, then the
+/// classes, the order `trim` takes them), after it they are released in both
+/// processes.
+/// The lane locks of the cache heads' chunk (threads without rseq push and pop under
+/// them) are taken too.
+extern "C" fn before_fork() {
+    HEAP.trim.lock();
+    for class in &HEAP.classes {
+        class.lock();
+    }
+    for lock in HEAP.head(0).unit_locks() {
+        crate::rseq::simulated::lock_word(lock);
+    }
+}
+
+extern "C" fn after_fork() {
+    for lock in HEAP.head(0).unit_locks() {
+        crate::rseq::simulated::unlock_word(lock);
+    }
+    for class in HEAP.classes.iter().rev() {
+        class.unlock();
+    }
+    HEAP.trim.unlock();
+}
 
 impl Heap {
     #[inline(always)]
@@ -208,6 +241,7 @@ impl Heap {
         self.state.load(Ordering::Acquire) == READY
     }
 
+    /// Whether `ptr` lies in the span reservation (the heap is ready).
     #[inline(always)]
     fn contains(&self, ptr: *mut u8) -> bool {
         let base = self.base.load(Ordering::Relaxed);
@@ -246,14 +280,15 @@ impl Heap {
     }
 
     fn set_up(&self) -> bool {
-        let Some((base, len)) = RESERVATIONS
-            .iter()
-            .find_map(|&len| reserve(len).map(|b| (b, len)))
-        else {
+        let Some((base, len)) = RESERVATIONS.iter().find_map(|&len| reserve(len)) else {
             return false;
         };
+        // Sized without `process()`: the first allocation of a process may come from
+        // inside percid's own discovery. Indexes beyond the capacity use the lanes.
+        // SAFETY: sysconf has no preconditions.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.clamp(1, 1 << 16) as u32;
         // The arena's own bookkeeping allocates: under the guard, from the system.
-        let arena: &'static Arena = Box::leak(Box::new(Arena::new()));
+        let arena: &'static Arena = Box::leak(Box::new(Arena::with_capacity(cpus.max(64), cpus)));
         let Ok(words) = arena.alloc(CLASSES) else {
             return false;
         };
@@ -263,16 +298,24 @@ impl Heap {
         self.bump.store(base, Ordering::Relaxed);
         self.heads
             .store(words as *const Words<'static> as usize, Ordering::Release);
+        // SAFETY: registers two handlers that only take and release the heap's spin
+        // locks (no allocation).
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
         true
     }
 
     /// A fresh span, committed; 0 when the reservation is used up.
     fn new_span(&self) -> usize {
         let end = self.base.load(Ordering::Relaxed) + self.len.load(Ordering::Relaxed);
-        let span = self.bump.fetch_add(SPAN, Ordering::Relaxed);
-        if span + SPAN > end {
+        // Never past the end: `committed_bytes` reads the bump.
+        let Ok(span) = self
+            .bump
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b + SPAN <= end).then_some(b + SPAN)
+            })
+        else {
             return 0;
-        }
+        };
         // SAFETY: the span lies in our PROT_NONE reservation, not yet handed out.
         let rc = unsafe {
             libc::mprotect(
@@ -346,8 +389,9 @@ impl Heap {
     }
 }
 
-/// Reserves `len` bytes of address space (no access, no commit charge).
-fn reserve(len: usize) -> Option<usize> {
+/// Reserves `len` bytes of address space (no access, no commit charge): the
+/// span-aligned part of the mapping, as (start, length in whole spans).
+fn reserve(len: usize) -> Option<(usize, usize)> {
     // SAFETY: an anonymous private mapping, checked below.
     let map = unsafe {
         libc::mmap(
@@ -362,10 +406,12 @@ fn reserve(len: usize) -> Option<usize> {
     if map == libc::MAP_FAILED {
         return None;
     }
-    // Spans must be SPAN-aligned (block alignment): trim the front.
+    // Spans must be SPAN-aligned (block alignment): skip the front, and count only
+    // whole spans that lie inside the mapping.
     let start = map as usize;
     let aligned = start.next_multiple_of(SPAN);
-    Some(aligned).filter(|_| aligned + SPAN <= start + len)
+    let usable = (start + len).saturating_sub(aligned) & !(SPAN - 1);
+    Some((aligned, usable)).filter(|&(_, usable)| usable >= SPAN)
 }
 
 /// A small-object allocator on per-cid caches (see the [module docs](self)).
@@ -405,14 +451,13 @@ impl PerCidAlloc {
         if !HEAP.ready() {
             return;
         }
-        // One drainer at a time: the drain token is one value.
-        static TRIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one = TRIM.lock().unwrap_or_else(|p| p.into_inner());
+        HEAP.trim.lock();
         guarded(|| {
             for class in 0..CLASSES {
                 list::drain(HEAP.head(class), |chain| HEAP.give_chain(class, chain));
             }
         });
+        HEAP.trim.unlock();
     }
 
     /// Blocks parked in the cid caches of every class (a racy snapshot).
@@ -436,7 +481,7 @@ impl PerCidAlloc {
     #[cold]
     #[inline(never)]
     unsafe fn alloc_slow(&self, layout: Layout, class: usize) -> *mut u8 {
-        if GUARD.get() || !HEAP.init(self.poison) {
+        if in_internal() || !HEAP.init(self.poison) {
             // SAFETY: forwarded from the caller (a valid, non-zero-size layout).
             return unsafe { System.alloc(layout) };
         }
@@ -550,7 +595,7 @@ unsafe impl GlobalAlloc for PerCidAlloc {
             // SAFETY: forwarded from the caller.
             return unsafe { System.alloc(layout) };
         };
-        if HEAP.ready() && !GUARD.get() && crate::rseq::registration::thread_resolved() {
+        if HEAP.ready() && !in_internal() && crate::rseq::registration::thread_resolved() {
             // SAFETY: every node on a class's lists is a free block of that class,
             // inside committed spans that are never unmapped, and only list
             // operations (or a drainer that owns a list) write heads and links.
@@ -564,7 +609,8 @@ unsafe impl GlobalAlloc for PerCidAlloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if !HEAP.contains(ptr) {
+        // Ready first: `base` and `len` are published before the ready state.
+        if !(HEAP.ready() && HEAP.contains(ptr)) {
             // SAFETY: not ours, so the system allocator's, with this layout.
             return unsafe { System.dealloc(ptr, layout) };
         }
@@ -597,7 +643,8 @@ unsafe impl GlobalAlloc for PerCidAlloc {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if HEAP.contains(ptr)
+        if HEAP.ready()
+            && HEAP.contains(ptr)
             && let Ok(new) = Layout::from_size_align(new_size, layout.align())
             && class_of(new).is_some()
             && class_of(new) == class_of(layout)

@@ -94,9 +94,21 @@ impl PlaneSlot {
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<PlaneSlot>() == 1 << DIR_SLOT_SHIFT);
 
+/// Directory slots per cache-line pair.
+const SLOTS_PER_LINE: usize = 8;
+
+/// Eight directory slots on their own 128 bytes: every section reads a limit in the
+/// directory, which must not share a line with data others write. Lines are laid
+/// out back to back, so the slots form one contiguous array.
+#[repr(C, align(128))]
+struct DirLine([PlaneSlot; SLOTS_PER_LINE]);
+
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<DirLine>() == SLOTS_PER_LINE << DIR_SLOT_SHIFT);
+
 /// Byte offset, in a chunk's directory, of the number of planes (slot 0 is a header).
 pub(crate) const DIR_PLANES: usize = 8;
-/// Byte offset of plane 0's base; plane `n` is `DIR_SLOT << n` bytes further.
+/// Byte offset of plane 0's base; plane `n`'s is `n << DIR_SLOT_SHIFT` bytes further.
 pub(crate) const DIR_BASE: usize = 16;
 /// Byte offset of plane 0's limit.
 pub(crate) const DIR_LIMIT: usize = 24;
@@ -114,14 +126,15 @@ enum Placing {
 
 /// One generation of storage: a *plane* of `cid_capacity` units per NUMA node (one
 /// plane in a plain arena), each its own reservation, plus one reservation of
-/// `lanes` lane units. Aligned to its own cache lines: every section reads a limit
-/// through it, which must not share a line with unrelated data that others write.
-#[repr(align(128))]
+/// `lanes` lane units. The limits the sections read live in the directory, on
+/// 128-byte lines of their own ([`DirLine`]); the chunk itself is read-mostly.
 pub(crate) struct Chunk {
     /// Slot 0 is a header whose `limit` holds the number of planes; plane `n` is slot
     /// `1 + n`. Plane 0 is reserved with the chunk, the others when their first index
     /// is materialised.
-    dir: Box<[PlaneSlot]>,
+    dir: Box<[DirLine]>,
+    /// Slots in `dir` (planes + 1).
+    slots: u32,
     /// Plane 0's unit 0 and limit (in `dir`), fixed at creation: the plain operations
     /// reach them without going through the directory.
     plane0: *mut AtomicU64,
@@ -174,11 +187,19 @@ impl Chunk {
         planes: u32,
         placing: Placing,
     ) -> Result<Chunk, StorageError> {
-        let mut dir = Vec::with_capacity(planes as usize + 1);
-        dir.push(PlaneSlot::new(std::ptr::null_mut(), planes));
-        dir.extend((0..planes).map(|_| PlaneSlot::new(std::ptr::null_mut(), 0)));
+        let slots = planes as usize + 1;
+        let dir = (0..slots.div_ceil(SLOTS_PER_LINE))
+            .map(|line| {
+                DirLine(std::array::from_fn(|i| {
+                    // Slot 0 is the header: its limit is the plane count.
+                    let header = line == 0 && i == 0;
+                    PlaneSlot::new(std::ptr::null_mut(), if header { planes } else { 0 })
+                }))
+            })
+            .collect();
         let mut chunk = Chunk {
-            dir: dir.into_boxed_slice(),
+            dir,
+            slots: slots as u32,
             plane0: std::ptr::null_mut(),
             limit0: std::ptr::null(),
             lanes_memory: reserve(lanes as usize * UNIT_WORDS)?,
@@ -194,19 +215,20 @@ impl Chunk {
         chunk.reserve_plane(0)?;
         chunk.plane0 = chunk.plane_base(0);
         // The boxed directory never moves.
-        chunk.limit0 = &chunk.dir[1].limit;
+        chunk.limit0 = &chunk.slot(0).limit;
         Ok(chunk)
     }
 
     /// Number of planes (NUMA nodes the directory covers; 1 in a plain arena).
     #[inline]
     pub(crate) fn planes(&self) -> u32 {
-        self.dir.len() as u32 - 1
+        self.slots - 1
     }
 
     #[inline(always)]
     fn slot(&self, plane: u32) -> &PlaneSlot {
-        &self.dir[plane as usize + 1]
+        let i = plane as usize + 1;
+        &self.dir[i / SLOTS_PER_LINE].0[i % SLOTS_PER_LINE]
     }
 
     /// Reserves (and places) plane `plane` unless it already is. Callers hold no lock.
@@ -816,6 +838,16 @@ pub struct Word<'a> {
 }
 
 impl<'a> Word<'a> {
+    /// The locks of the word's chunk that the portable and simulated backends take
+    /// around a section: every lane's, and the commit lock of every materialised
+    /// index of plane 0. For `fork()` handlers that must not leave one held.
+    pub(crate) fn unit_locks(self) -> impl Iterator<Item = &'a AtomicU64> {
+        let chunk = self.chunk;
+        (0..chunk.lanes)
+            .map(move |l| chunk.lane_unit(l).word(HEADER_LOCK))
+            .chain((0..chunk.cid_limit()).map(move |c| chunk.cid_unit(0, c).word(HEADER_LOCK)))
+    }
+
     /// The word `i` places after this one in the same allocation (the caller keeps
     /// `i` within it).
     #[inline(always)]

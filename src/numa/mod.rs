@@ -9,7 +9,10 @@
 //!
 //! * With feature `numa`, each plane is bound to its node (`MPOL_BIND`, strict: the
 //!   kernel never falls back to another node), so data written on node *n* lives in
-//!   node *n*'s memory.
+//!   node *n*'s memory. The price of strictness: when node *n* runs out of memory, a
+//!   fault in its plane does not fall back to another node, the kernel's OOM killer
+//!   runs instead (from inside whatever operation touched a new page). Where that
+//!   is the wrong trade, `PERCID_NUMA_BIND=off` keeps first-touch placement.
 //! * Without it, placement is by first touch: a plane's pages come from the node of
 //!   the thread that first writes them, which is the plane's node. That holds except
 //!   when the node was out of memory at the fault (the kernel then takes another

@@ -315,6 +315,11 @@ impl<T: Send> Pool<T> {
     /// An object: from the calling cid's cache (one rseq section), else from the
     /// depot, else a new one. A bounded pool whose objects are all in use waits
     /// (spinning, then yielding) until one comes back: see [`Pool::try_get`].
+    /// Objects parked in other cids' caches are found by draining those caches,
+    /// which needs the rseq fence ([`crate::rseq::fence_available`]); where the
+    /// kernel refuses it (seccomp, Linux before 5.10), a bounded pool can wait for
+    /// objects that sit idle in another cid's cache: size the bound with the caches
+    /// in mind (`capacity ×` cids) or use `try_get`.
     #[inline]
     pub fn get(&self) -> PoolBox<'_, T> {
         if let Some(slot) = self.pop() {

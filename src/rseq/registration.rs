@@ -54,7 +54,31 @@ static PROCESS: OnceLock<Process> = OnceLock::new();
 
 /// The process facts, read on first call.
 pub(crate) fn process() -> &'static Process {
-    PROCESS.get_or_init(discover)
+    PROCESS.get_or_init(|| internal(discover))
+}
+
+thread_local! {
+    /// Set while percid's own set-up runs on this thread (process discovery, a
+    /// thread's registration, the allocator's heap): `PerCidAlloc` serves the
+    /// allocations made meanwhile from the system allocator, so it never re-enters
+    /// percid from inside percid. `const` and without a destructor: usable during
+    /// thread start, exit and TLS teardown.
+    static INTERNAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the internal guard set (see `INTERNAL`).
+pub(crate) fn internal<R>(f: impl FnOnce() -> R) -> R {
+    let was = INTERNAL.get();
+    INTERNAL.set(true);
+    let r = f();
+    INTERNAL.set(was);
+    r
+}
+
+/// Whether the calling thread is inside percid's own set-up.
+#[inline(always)]
+pub(crate) fn in_internal() -> bool {
+    INTERNAL.get()
 }
 
 fn discover() -> Process {
@@ -208,7 +232,7 @@ pub(crate) fn force_portable() {
 #[cold]
 fn thread_backend_slow(area: usize) -> ThreadBackend {
     let area = if area == UNRESOLVED {
-        resolve_thread()
+        internal(resolve_thread)
     } else {
         area
     };
