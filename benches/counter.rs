@@ -5,9 +5,7 @@
 //! shared machine; this one gives criterion's statistics.
 
 use std::hint::black_box;
-use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
@@ -16,8 +14,10 @@ use percid::{Counter, PerCid};
 /// The peers, shared with `percid bench counter` so both time the same code.
 #[path = "../src/bin/percid/bench/peers.rs"]
 mod peers;
+mod support;
 
 use peers::{Padded, Striped, TLS_COUNT};
+use support::wall_time;
 
 /// One shared instance of each implementation.
 struct Subjects {
@@ -103,34 +103,6 @@ fn two_threads(c: &mut Criterion) {
     let mut v = TwoThreads(group);
     each_impl(&subjects, &mut v);
     v.0.finish();
-}
-
-/// Wall time for `threads` threads to do `iters` operations between them, from the
-/// first thread's start after a barrier to the last one's end (spawning excluded).
-fn wall_time(threads: u64, iters: u64, op: &(impl Fn() + Sync)) -> Duration {
-    let per_thread = iters.div_ceil(threads);
-    let barrier = Barrier::new(threads as usize);
-    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..per_thread {
-                        op();
-                    }
-                    (start, Instant::now())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("benchmark thread panicked"))
-            .collect()
-    });
-    let first = spans.iter().map(|s| s.0).min().expect("one thread");
-    let last = spans.iter().map(|s| s.1).max().expect("one thread");
-    last - first
 }
 
 criterion_group!(benches, one_thread, two_threads);

@@ -18,8 +18,10 @@ use percid::pool::Pool;
 /// The peers and the ring, shared with `percid bench pool` so both time the same code.
 #[path = "../src/bin/percid/bench/pool_peers.rs"]
 mod peers;
+mod support;
 
 use peers::{Handle, MiBox, MutexPool, Obj, Ring, ZERO, linear_pool, system_box};
+use support::wall_time;
 
 /// Slots of the producer -> consumer ring (as in `percid bench pool`).
 const RING: usize = 256;
@@ -126,34 +128,6 @@ fn producer_consumer(c: &mut Criterion) {
     let mut v = CrossThread(group(c, "pool/producer -> consumer"));
     each_impl(&subjects, &mut v);
     v.0.finish();
-}
-
-/// Wall time for `threads` threads to do `iters` operations between them, from the
-/// first thread's start after a barrier to the last one's end (spawning excluded).
-fn wall_time(threads: u64, iters: u64, op: &(impl Fn() + Sync)) -> Duration {
-    let per_thread = iters.div_ceil(threads);
-    let barrier = Barrier::new(threads as usize);
-    let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..per_thread {
-                        op();
-                    }
-                    (start, Instant::now())
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("benchmark thread panicked"))
-            .collect()
-    });
-    let first = spans.iter().map(|s| s.0).min().expect("one thread");
-    let last = spans.iter().map(|s| s.1).max().expect("one thread");
-    last - first
 }
 
 /// Wall time for one thread to get `objects` objects and send them through `ring` to
