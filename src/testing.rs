@@ -37,6 +37,19 @@ pub fn seed_simulated_aborts(seed: u64) {
     crate::rseq::simulated::seed_aborts(seed);
 }
 
+/// Places the calling thread on simulated cid `cid`, or (`None`) on the portable
+/// backend for the rest of its life: how loom models and tests put a thread where
+/// they want it.
+pub fn place(cid: Option<u32>) {
+    match cid {
+        Some(cid) => set_simulated_cid(cid),
+        None => {
+            force_portable_backend();
+            set_simulated_cid(0);
+        }
+    }
+}
+
 /// Moves the calling thread to the portable backend for the rest of its life, so a
 /// test can mix rseq (or simulated) threads and portable threads on one structure.
 pub fn force_portable_backend() {

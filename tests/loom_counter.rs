@@ -22,9 +22,7 @@ use loom::sync::atomic::AtomicBool;
 use loom::thread;
 use percid::cid::Arena;
 use percid::counter::PerCid;
-use percid::testing::{
-    force_portable_backend, inject_node, set_simulated_abort_rate, set_simulated_cid,
-};
+use percid::testing::{inject_node, place, set_simulated_abort_rate, set_simulated_cid};
 use percid::{Counter, NumaCounter, SignedCounter};
 use std::cmp::Ordering as CmpOrdering;
 use std::sync::atomic::Ordering;
@@ -43,18 +41,6 @@ fn counter(batch: u64) -> &'static Counter {
             .build()
             .unwrap(),
     ))
-}
-
-/// Places the calling model thread: on simulated cid `cid`, or (`None`) on the
-/// portable backend.
-fn place(cid: Option<u32>) {
-    match cid {
-        Some(cid) => set_simulated_cid(cid),
-        None => {
-            force_portable_backend();
-            set_simulated_cid(0);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::thread;
 use percid::cid::Arena;
 use percid::pool::{Pool, PoolBox};
-use percid::testing::{force_portable_backend, set_simulated_cid};
+use percid::testing::{place, set_simulated_cid};
 use std::collections::HashSet;
 
 /// An object that knows who holds it.
@@ -38,18 +38,6 @@ fn pool(capacity: usize, max: Option<usize>) -> &'static TaggedPool {
         builder = builder.max_objects(max);
     }
     Box::leak(Box::new(builder.build().unwrap()))
-}
-
-/// Places the calling model thread on simulated cid `cid`, or on the portable
-/// backend.
-fn place(cid: Option<u32>) {
-    match cid {
-        Some(cid) => set_simulated_cid(cid),
-        None => {
-            force_portable_backend();
-            set_simulated_cid(0);
-        }
-    }
 }
 
 /// Claims an object for holder `me`: nobody else may hold it.
