@@ -706,6 +706,12 @@ impl Arena {
         self.planes
     }
 
+    /// Whether this is a NUMA arena ([`Arena::numa`], [`Arena::with_nodes`]): its
+    /// structures run the NUMA sections, keyed by (node, cid).
+    pub fn is_numa(&self) -> bool {
+        self.placing == Placing::NodeBound
+    }
+
     /// Pages of every reserved plane of `node`, with their length in bytes, for
     /// placement checks ([`crate::numa::placement`]).
     pub fn node_regions(&self, node: u32) -> Vec<(*const u8, usize)> {
@@ -804,8 +810,15 @@ impl<'a> Words<'a> {
         }
     }
 
-    pub(crate) fn chunk(&self) -> &'a Chunk {
-        self.chunk
+    /// Word `i` with the arena's lifetime rather than the run's, for a structure that
+    /// keeps both the run and resolved words: the words stay addressable (the chunk
+    /// is the arena's), but they are the structure's only while it holds the run.
+    pub(crate) fn detached(&self, i: usize) -> Word<'a> {
+        assert!(i < self.len as usize, "word index within the allocation");
+        Word {
+            chunk: self.chunk,
+            offset: self.offset as usize + i,
+        }
     }
 }
 

@@ -719,9 +719,10 @@ impl Words<'_> {
     ///
     /// # Safety
     /// `slot_bytes` is a multiple of 8; `src` is readable for `slot_bytes` bytes;
-    /// every non-zero buffer word points to `mask + 1` slots of `slot_bytes` bytes
-    /// that live as long as the word holds the address; only this method writes the
-    /// tail words, and only the consumer writes the head words (never past the tail).
+    /// `mask + 1` is a power of two; every non-zero buffer word points to `mask + 1`
+    /// slots of `slot_bytes` bytes that live as long as the word holds the address;
+    /// only this method writes the tail words, and only the consumer writes the head
+    /// words (never past the tail).
     pub unsafe fn push_payload(
         &self,
         tail: usize,
@@ -731,33 +732,176 @@ impl Words<'_> {
         slot_bytes: usize,
         src: *const u8,
     ) -> PushOutcome {
-        debug_assert!(
-            slot_bytes.is_multiple_of(8),
-            "slots are copied in whole words"
+        let site = PayloadSite::new(
+            self.word(tail),
+            self.word(head),
+            self.word(buffer),
+            mask + 1,
+            slot_bytes,
         );
-        let chunk = self.chunk();
-        let (t, h, b) = (self.word(tail), self.word(head), self.word(buffer));
-        let args = PayloadArgs {
-            tail: chunk.unit0(t.offset),
-            head: chunk.unit0(h.offset),
-            buffer: chunk.unit0(b.offset),
-            mask,
-            slot_bytes: slot_bytes as u64,
-            src,
+        // SAFETY: forwarded from the caller (one payload).
+        match unsafe { site.push(src, 1) } {
+            (Pushed::Committed(_), shard) => PushOutcome::Committed(shard),
+            (Pushed::Full, shard) => PushOutcome::Full(shard),
+            (Pushed::NoBuffer, shard) => PushOutcome::NoBuffer(shard),
+        }
+    }
+}
+
+/// What a [`PayloadSite`] push did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// The first `n` payloads are in the shard's ring, visible to the consumer.
+    Committed(usize),
+    /// The shard's ring is full; no payload was taken.
+    Full,
+    /// The shard has no slot buffer yet; the caller installs one and retries.
+    NoBuffer,
+}
+
+/// A ring's three words (tail, head, buffer address) and geometry, resolved once so
+/// that a push builds its section's operands without chasing pointers: the
+/// producer side of [`crate::ring`]. In a NUMA arena the ring of a shard is the one
+/// in the plane of the node the section reads.
+#[derive(Clone, Copy)]
+pub(crate) struct PayloadSite<'a> {
+    tail: Word<'a>,
+    head: Word<'a>,
+    buffer: Word<'a>,
+    /// The section's operands with `src` null and `count` 0 (filled per push).
+    args: PayloadArgs,
+    numa: bool,
+}
+
+// SAFETY: the raw pointers in `args` are addresses in the arena chunk the words
+// borrow, valid for `'a` and only used by the sections.
+unsafe impl Send for PayloadSite<'_> {}
+// SAFETY: as for `Send`; the site itself is never written after `new`.
+unsafe impl Sync for PayloadSite<'_> {}
+
+impl<'a> PayloadSite<'a> {
+    /// The site of the ring whose words are `tail`, `head` and `buffer` (of one
+    /// chunk), with `capacity` (a power of two) slots of `slot_bytes` (a multiple
+    /// of 8) bytes.
+    pub(crate) fn new(
+        tail: Word<'a>,
+        head: Word<'a>,
+        buffer: Word<'a>,
+        capacity: u64,
+        slot_bytes: usize,
+    ) -> PayloadSite<'a> {
+        assert!(capacity.is_power_of_two() && slot_bytes.is_multiple_of(8));
+        assert!(std::ptr::eq(tail.chunk, head.chunk) && std::ptr::eq(tail.chunk, buffer.chunk));
+        let numa = tail.chunk.is_numa();
+        let locate = |w: Word<'a>| {
+            if numa {
+                // The NUMA section adds the unit's address to the word's offset.
+                (w.offset * 8) as *mut u64
+            } else {
+                w.chunk.unit0(w.offset)
+            }
         };
+        PayloadSite {
+            tail,
+            head,
+            buffer,
+            args: PayloadArgs {
+                tail: locate(tail),
+                head: locate(head),
+                buffer: locate(buffer),
+                capacity,
+                mask: capacity - 1,
+                src: std::ptr::null(),
+                count: 0,
+                slot_bytes: slot_bytes as u64,
+            },
+            numa,
+        }
+    }
+
+    /// Whether the rings are keyed by (node, cid).
+    pub(crate) fn is_numa(&self) -> bool {
+        self.numa
+    }
+
+    #[inline(always)]
+    fn args(&self, src: *const u8, count: usize) -> PayloadArgs {
+        PayloadArgs {
+            src,
+            count: count as u64,
+            ..self.args
+        }
+    }
+
+    /// One attempt of the section on the rseq backend: `Some` when it committed or
+    /// found the ring full, `None` for anything else (the caller takes [`Self::push`]).
+    ///
+    /// # Safety
+    /// As for [`PayloadSite::push`].
+    #[inline(always)]
+    pub(crate) unsafe fn try_push(&self, src: *const u8, count: usize) -> Option<Pushed> {
+        let ThreadBackend::Rseq { area, index } = thread_backend() else {
+            return None;
+        };
+        let args = self.args(src, count);
+        let chunk = self.tail.chunk;
+        let (st, n) = if self.numa {
+            let cpu = SectionSite::numa(area, index, node_source(), chunk.dir_ptr());
+            // SAFETY: `cpu` is this thread's registration, node source and the
+            // chunk's directory; the words and buffers are the caller's contract.
+            let (st, _, _, n) = unsafe { arch::numa_store_payload_commit_index(cpu, &args) };
+            (st, n)
+        } else {
+            let cpu = SectionSite::plain(area, index, chunk.limit_ptr());
+            // SAFETY: as above, with the chunk's plane-0 limit.
+            let (st, _, n) = unsafe { arch::store_payload_commit_index(cpu, &args) };
+            (st, n)
+        };
+        match st {
+            SectionStatus::Committed => Some(Pushed::Committed(n)),
+            SectionStatus::Failed => Some(Pushed::Full),
+            _ => None,
+        }
+    }
+
+    /// `store_payload_commit_index` on the caller's shard: publishes the first `n`
+    /// of the `count` payloads at `src` that fit, and says which shard it ran on.
+    ///
+    /// # Safety
+    /// `count >= 1`; `src` is readable for `count * slot_bytes` bytes; every non-zero
+    /// buffer word points to `capacity` slots of `slot_bytes` bytes that live as long
+    /// as the word holds the address; only pushes write the tail words, and only the
+    /// consumer writes the head words (never past the tail).
+    pub(crate) unsafe fn push(&self, src: *const u8, count: usize) -> (Pushed, Shard) {
+        debug_assert!(count >= 1);
+        let args = self.args(src, count);
+        let chunk = self.tail.chunk;
+        let (t, h, b) = (self.tail.offset, self.head.offset, self.buffer.offset);
+        let capacity = self.args.capacity;
+        let slot_bytes = self.args.slot_bytes as usize;
+        let plane = if self.numa { Plane::Node } else { Plane::Zero };
         let (outcome, shard) = run(
             chunk,
-            Plane::Zero,
+            plane,
             |cpu| {
-                // SAFETY: as in `add`, plus the caller's contract on the buffers.
-                let (st, idx) = unsafe { arch::store_payload_commit_index(cpu, &args) };
+                let (st, node, idx, n) = if self.numa {
+                    // SAFETY: as in `try_push`.
+                    unsafe { arch::numa_store_payload_commit_index(cpu, &args) }
+                } else {
+                    // SAFETY: as in `try_push`.
+                    let (st, idx, n) = unsafe { arch::store_payload_commit_index(cpu, &args) };
+                    (st, 0, idx, n)
+                };
                 match st {
-                    SectionStatus::NotMaterialized if idx < chunk.cid_limit() => {
-                        Attempt::Done(PayloadOutcome::NoBuffer, Shard::Cid(idx))
+                    // A unit without a buffer, as opposed to no unit at all.
+                    SectionStatus::NotMaterialized
+                        if node < chunk.planes() && idx < chunk.plane_limit(node) =>
+                    {
+                        Attempt::Done(PayloadOutcome::NoBuffer, plane.shard(node, idx))
                     }
-                    st => Attempt::from_status(st, idx, |committed| {
+                    st => Attempt::on_node(st, plane, node, idx, |committed| {
                         if committed {
-                            PayloadOutcome::Committed
+                            PayloadOutcome::Committed(n)
                         } else {
                             PayloadOutcome::Full
                         }
@@ -766,23 +910,25 @@ impl Words<'_> {
             },
             |s, unit| {
                 let payload = Payload {
-                    tail: unit.word(t.offset),
-                    head: unit.word(h.offset),
-                    buffer: unit.word(b.offset),
-                    mask,
+                    tail: unit.word(t),
+                    head: unit.word(h),
+                    buffer: unit.word(b),
+                    capacity,
                     slot_bytes,
                     src,
+                    count,
                 };
                 // SAFETY: the caller's contract.
                 unsafe { spec::store_payload_commit_index(s, &payload) }
             },
             None,
         );
-        match outcome {
-            PayloadOutcome::Committed => PushOutcome::Committed(shard),
-            PayloadOutcome::Full => PushOutcome::Full(shard),
-            PayloadOutcome::NoBuffer => PushOutcome::NoBuffer(shard),
-        }
+        let pushed = match outcome {
+            PayloadOutcome::Committed(n) => Pushed::Committed(n),
+            PayloadOutcome::Full => Pushed::Full,
+            PayloadOutcome::NoBuffer => Pushed::NoBuffer,
+        };
+        (pushed, shard)
     }
 }
 

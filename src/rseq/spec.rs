@@ -18,7 +18,7 @@
 //! | `load_cbne_store(e, n)` | `if word(idx) != e { fail(seen) }; commit word(idx) = n` | committed / compare failed |
 //! | `list_pop()` | `h = word(idx); if h.node == 0 { fail }; commit word(idx) = h.node.next` | committed(node) / empty |
 //! | `list_push(n, max)` | `h = word(idx); if h.len >= max { fail }; n.next = h; commit word(idx) = n \| (h.len + 1) << 48` | committed / full |
-//! | `store_payload_commit_index(v)` | `t = tail(idx); h = head(idx); if t - h > mask { fail }; slot[t & mask] = v; commit tail(idx) = t + 1` | committed / full |
+//! | `store_payload_commit_index(v[..c])` | `t = tail(idx); h = head(idx); if t - h >= cap { fail }; n = min(c, cap - (t - h)); slot[(t + k) & mask] = v[k] for k < n; commit tail(idx) = t + n` | committed(n) / full |
 //!
 //! The NUMA form reads the node (`node_id`) inside the section too, next to `idx`, and
 //! works on the unit of `idx` in that node's plane (see [`crate::cid`]): its pseudocode
@@ -127,50 +127,66 @@ pub(crate) unsafe fn list_push<S: Section + ?Sized>(
     Ok(Ok(()))
 }
 
-/// Where [`store_payload_commit_index`] puts the payload.
+/// Where [`store_payload_commit_index`] puts the payloads.
 pub(crate) struct Payload<'a> {
     pub tail: &'a AtomicU64,
     pub head: &'a AtomicU64,
     /// The index's slot buffer (0: not allocated yet).
     pub buffer: &'a AtomicU64,
-    pub mask: u64,
+    /// Slots per ring, a power of two.
+    pub capacity: u64,
     pub slot_bytes: usize,
+    /// `count` payloads of `slot_bytes` bytes each.
     pub src: *const u8,
+    pub count: usize,
 }
 
 /// What [`store_payload_commit_index`] ended with, short of an abort.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PayloadOutcome {
-    Committed,
+    /// The first `n` payloads are published (`1 <= n <= count`).
+    Committed(usize),
     Full,
     NoBuffer,
 }
 
-/// Copies the payload into the next free slot and publishes it by moving the tail.
+/// Copies as many payloads as fit into the free slots from the tail on and
+/// publishes them by moving the tail once.
 ///
 /// # Safety
-/// A non-zero buffer word points to `mask + 1` slots of `slot_bytes` bytes, of which
+/// A non-zero buffer word points to `capacity` slots of `slot_bytes` bytes, of which
 /// those from the tail up to head + capacity are written only by this shard's
-/// producers; `src` is readable for `slot_bytes` bytes.
+/// producers; `src` is readable for `count * slot_bytes` bytes; `count >= 1`.
 pub(crate) unsafe fn store_payload_commit_index<S: Section + ?Sized>(
     s: &mut S,
     p: &Payload<'_>,
 ) -> Result<PayloadOutcome, Aborted> {
     let t = s.load(p.tail)?;
     let h = s.load(p.head)?;
-    if t.wrapping_sub(h) > p.mask {
+    let used = t.wrapping_sub(h);
+    if used >= p.capacity {
         return Ok(PayloadOutcome::Full);
     }
+    let n = (p.count as u64).min(p.capacity - used);
     let buffer = s.load(p.buffer)? as usize;
     if buffer == 0 {
         return Ok(PayloadOutcome::NoBuffer);
     }
-    let dst = buffer + (t & p.mask) as usize * p.slot_bytes;
-    // SAFETY: slot `t & mask` is free (t - h <= mask) and only this shard's producers
-    // write it; the caller vouches for the buffer and the source.
-    unsafe { s.copy_private(dst as *mut u8, p.src, p.slot_bytes)? };
-    s.commit(p.tail, t.wrapping_add(1))?;
-    Ok(PayloadOutcome::Committed)
+    for k in 0..n {
+        let slot = (t.wrapping_add(k) & (p.capacity - 1)) as usize;
+        let dst = buffer + slot * p.slot_bytes;
+        // SAFETY: slot `(t + k) & mask` is free (t + k - h < capacity) and only this
+        // shard's producers write it; the caller vouches for the buffer and the source.
+        unsafe {
+            s.copy_private(
+                dst as *mut u8,
+                p.src.add(k as usize * p.slot_bytes),
+                p.slot_bytes,
+            )?
+        };
+    }
+    s.commit(p.tail, t.wrapping_add(n))?;
+    Ok(PayloadOutcome::Committed(n as usize))
 }
 
 /// A section that never aborts: the portable backend runs it on a lane while holding

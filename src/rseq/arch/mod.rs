@@ -94,8 +94,17 @@ mod portable_only {
     pub(crate) unsafe fn store_payload_commit_index(
         _: SectionSite,
         _: &PayloadArgs,
-    ) -> (SectionStatus, u32) {
-        (SectionStatus::Aborted, 0)
+    ) -> (SectionStatus, u32, usize) {
+        (SectionStatus::Aborted, 0, 0)
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
+    pub(crate) unsafe fn numa_store_payload_commit_index(
+        _: SectionSite,
+        _: &PayloadArgs,
+    ) -> (SectionStatus, u32, u32, usize) {
+        (SectionStatus::Aborted, 0, 0, 0)
     }
 }
 #[cfg(not(all(target_arch = "x86_64", not(loom))))]
@@ -146,22 +155,29 @@ impl SectionSite {
     }
 }
 
-/// The operands of [`store_payload_commit_index`], read from memory inside the
-/// section (there are more of them than free registers).
+/// The operands of [`store_payload_commit_index`] and its NUMA form, read from
+/// memory inside the section (there are more of them than free registers). The
+/// field order is the sections' layout: do not reorder.
+#[derive(Clone, Copy)]
 #[repr(C)]
 pub(crate) struct PayloadArgs {
-    /// Tail word in unit 0 (producers' commit target).
+    /// Tail word (producers' commit target): its unit-0 address (plain), or its byte
+    /// offset in a unit (NUMA). Likewise `head` and `buffer`.
     pub tail: *mut u64,
-    /// Head word in unit 0 (the consumer's position).
+    /// Head word (the consumer's position).
     pub head: *const u64,
-    /// Word in unit 0 holding the address of the index's slot buffer (0: none yet).
+    /// Word holding the address of the index's slot buffer (0: none yet).
     pub buffer: *const u64,
-    /// Capacity - 1 (capacity is a power of two).
+    /// Slots per ring, a power of two.
+    pub capacity: u64,
+    /// `capacity - 1`.
     pub mask: u64,
+    /// The payloads, `count * slot_bytes` readable bytes.
+    pub src: *const u8,
+    /// Payloads offered, at least 1; the section takes as many as fit.
+    pub count: u64,
     /// Bytes per slot, a multiple of 8.
     pub slot_bytes: u64,
-    /// The payload, `slot_bytes` readable bytes.
-    pub src: *const u8,
 }
 
 /// What one attempt of a critical section ended with, as the asm reports it.

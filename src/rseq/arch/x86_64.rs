@@ -110,13 +110,20 @@ macro_rules! section_start {
 /// the index, both read inside the section: the node is checked against the
 /// directory's plane count, the index against that plane's limit. Leaves the node in
 /// `{nd}`, the index in `{idx}` and the address of unit (node, index) in `{off}`.
+/// `numa_section_start!(fails)` also lists the failure exit.
 ///
 /// The node is read for locality, not for exclusivity: the index alone is unique
 /// among running threads, so unit (n, c) belongs to cid c whatever n a thread reads.
 macro_rules! numa_section_start {
     () => {
+        numa_section_start!("")
+    };
+    (fails) => {
+        numa_section_start!(fails_exit!())
+    };
+    ($extra_exits:expr) => {
         concat!(
-            section_header!(""),
+            section_header!($extra_exits),
             "mov {nd:e}, dword ptr [{node}]\n",
             "cmp {nd:e}, dword ptr [{dir} + {dir_planes}]\n",
             "jae 7f\n",
@@ -399,61 +406,140 @@ pub(crate) unsafe fn list_push(
     (SectionStatus::from_raw(st), idx)
 }
 
+/// The body of the payload sections, after `{off}` was set by the section start:
+/// reads tail and head, fails when the ring is full, copies `n = min(count, free)`
+/// payloads into the slots from the tail on (speculative: invisible until the tail
+/// moves), then commits `tail += n`. Each word address is `[args + field] + {off}`:
+/// a unit-0 address plus the index's offset (plain), or a word offset plus the
+/// unit's address (NUMA). Leaves `n` in `{n}`.
+macro_rules! payload_body {
+    ($n:literal, $buf:literal, $k:literal, $k_e:literal) => {
+        concat!(
+            "mov {tail}, qword ptr [{args}]\n",
+            "add {tail}, {off}\n",
+            "mov {t}, qword ptr [{tail}]\n",
+            "mov {dst}, qword ptr [{args} + 8]\n",
+            "mov {dst}, qword ptr [{dst} + {off}]\n",
+            // used = t - head; full when used >= capacity.
+            "mov {i}, {t}\n",
+            "sub {i}, {dst}\n",
+            "mov ",
+            $n,
+            ", qword ptr [{args} + 24]",
+            "\n",
+            "cmp {i}, ",
+            $n,
+            "\n",
+            "jae 9f\n",
+            // n = min(count, capacity - used).
+            "sub ",
+            $n,
+            ", {i}",
+            "\n",
+            "cmp ",
+            $n,
+            ", qword ptr [{args} + 48]",
+            "\n",
+            "jbe 24f\n",
+            "mov ",
+            $n,
+            ", qword ptr [{args} + 48]",
+            "\n",
+            "24:\n",
+            "mov ",
+            $buf,
+            ", qword ptr [{args} + 16]",
+            "\n",
+            "mov ",
+            $buf,
+            ", qword ptr [",
+            $buf,
+            " + {off}]",
+            "\n",
+            "test ",
+            $buf,
+            ", ",
+            $buf,
+            "\n",
+            "jz 7f\n",
+            "mov {src}, qword ptr [{args} + 40]\n",
+            "xor ",
+            $k_e,
+            ", ",
+            $k_e,
+            "\n",
+            // For k in 0..n: copy payload k into slot (t + k) & mask, word by word.
+            "25:\n",
+            "cmp ",
+            $k,
+            ", ",
+            $n,
+            "\n",
+            "jae 27f\n",
+            "lea {dst}, [{t} + ",
+            $k,
+            "]",
+            "\n",
+            "and {dst}, qword ptr [{args} + 32]\n",
+            "imul {dst}, qword ptr [{args} + 56]\n",
+            "add {dst}, ",
+            $buf,
+            "\n",
+            "xor {i:e}, {i:e}\n",
+            "22:\n",
+            "cmp {i}, qword ptr [{args} + 56]\n",
+            "jae 23f\n",
+            "mov {off}, qword ptr [{src} + {i}]\n",
+            "mov qword ptr [{dst} + {i}], {off}\n",
+            "add {i}, 8\n",
+            "jmp 22b\n",
+            "23:\n",
+            "add {src}, {i}\n",
+            "inc ",
+            $k,
+            "\n",
+            "jmp 25b\n",
+            "27:\n",
+            "add {t}, ",
+            $n,
+            "\n",
+            "mov qword ptr [{tail}], {t}\n",
+        )
+    };
+}
+
 /// `store_payload_commit_index`: `t = *tail(idx)`, `h = *head(idx)`; fail when
-/// `t - h > mask` (full); copy the payload into slot `t & mask` of the index's buffer
-/// (speculative: the slot is invisible until the tail moves); `*tail(idx) = t + 1`
-/// (the commit). `NotMaterialized` also when the index has no buffer yet.
+/// `t - h >= capacity` (full); copy `n = min(count, capacity - (t - h))` payloads
+/// into slots `(t + k) & mask` of the index's buffer (speculative: the slots are
+/// invisible until the tail moves); `*tail(idx) = t + n` (the commit).
+/// `NotMaterialized` also when the index has no buffer yet.
+///
+/// Returns the status, the index, and `n` when committed.
 ///
 /// # Safety
 /// As for [`load_add_store`] for the tail, head and buffer words; a non-zero buffer
-/// word points to `mask + 1` slots of `slot_bytes` bytes that, from the tail to the
+/// word points to `capacity` slots of `slot_bytes` bytes that, from the tail to the
 /// head + capacity, only this index's producers write; `src` is readable for
-/// `slot_bytes` bytes.
+/// `count * slot_bytes` bytes; `count >= 1`.
 #[inline(always)]
 pub(crate) unsafe fn store_payload_commit_index(
     cpu: SectionSite,
     args: &PayloadArgs,
-) -> (SectionStatus, u32) {
+) -> (SectionStatus, u32, usize) {
     let st: u32;
     let idx: u32;
-    // SAFETY: as above; the section writes one free slot of this index's buffer,
+    let n: usize;
+    // SAFETY: as above; the section writes free slots of this index's buffer,
     // `rseq_cs` and the tail word.
     unsafe {
         asm!(
             section_start!(fails),
-            "mov {tail}, qword ptr [{args}]",
-            "add {tail}, {off}",
-            "mov {t}, qword ptr [{tail}]",
-            "mov {dst}, qword ptr [{args} + 8]",
-            "mov {dst}, qword ptr [{dst} + {off}]",
-            "mov {i}, {t}",
-            "sub {i}, {dst}",
-            "cmp {i}, qword ptr [{args} + 24]",
-            "ja 9f",
-            "mov {dst}, qword ptr [{args} + 16]",
-            "mov {dst}, qword ptr [{dst} + {off}]",
-            "test {dst}, {dst}",
-            "jz 7f",
-            "mov {i}, {t}",
-            "and {i}, qword ptr [{args} + 24]",
-            "imul {i}, qword ptr [{args} + 32]",
-            "add {dst}, {i}",
-            "mov {src}, qword ptr [{args} + 40]",
-            "xor {i:e}, {i:e}",
-            "22:",
-            "cmp {i}, qword ptr [{args} + 32]",
-            "jae 23f",
-            "mov {off}, qword ptr [{src} + {i}]",
-            "mov qword ptr [{dst} + {i}], {off}",
-            "add {i}, 8",
-            "jmp 22b",
-            "23:",
-            "inc {t}",
-            "mov qword ptr [{tail}], {t}",
+            payload_body!("{limit}", "{area}", "{index}", "{index:e}"),
             section_end!(),
-            area = in(reg) cpu.area,
-            index = in(reg) cpu.index,
-            limit = in(reg) cpu.limit,
+            // Free once the section has started: reused by the body.
+            area = inout(reg) cpu.area => _,
+            index = inout(reg) cpu.index => _,
+            limit = inout(reg) cpu.limit => n,
             args = in(reg) args as *const PayloadArgs,
             idx = out(reg) idx,
             off = out(reg) _,
@@ -470,7 +556,61 @@ pub(crate) unsafe fn store_payload_commit_index(
             options(nostack),
         )
     };
-    (SectionStatus::from_raw(st), idx)
+    (SectionStatus::from_raw(st), idx, n)
+}
+
+/// `numa_store_payload_commit_index`: [`store_payload_commit_index`] on the unit of
+/// (node, idx), both read inside the section; `args`' tail, head and buffer fields
+/// hold the words' byte offsets in their unit instead of unit-0 addresses.
+///
+/// Returns the status, the node, the index, and `n` when committed. For
+/// `NotMaterialized`, as [`numa_load_add_store`] says.
+///
+/// # Safety
+/// As for [`numa_load_add_store`] for the three words in every unit the directory
+/// covers, and as for [`store_payload_commit_index`] for the buffers and `src`.
+#[inline(always)]
+pub(crate) unsafe fn numa_store_payload_commit_index(
+    cpu: SectionSite,
+    args: &PayloadArgs,
+) -> (SectionStatus, u32, u32, usize) {
+    let st: u32;
+    let idx: u32;
+    let nd: u32;
+    let n: usize;
+    // SAFETY: as above; the section writes free slots of unit (node, idx)'s buffer,
+    // `rseq_cs` and that unit's tail word.
+    unsafe {
+        asm!(
+            numa_section_start!(fails),
+            payload_body!("{dir}", "{area}", "{index}", "{index:e}"),
+            section_end!(),
+            area = inout(reg) cpu.area => _,
+            index = inout(reg) cpu.index => _,
+            node = inout(reg) cpu.node => _,
+            dir = inout(reg) cpu.dir => n,
+            args = in(reg) args as *const PayloadArgs,
+            idx = out(reg) idx,
+            nd = out(reg) nd,
+            off = out(reg) _,
+            t = out(reg) _,
+            tail = out(reg) _,
+            dst = out(reg) _,
+            i = out(reg) _,
+            src = out(reg) _,
+            st = lateout(reg) st,
+            cs_field = const abi::offset::RSEQ_CS,
+            cpu_field = const abi::offset::CPU_ID,
+            shift = const UNIT_SHIFT,
+            slot_shift = const DIR_SLOT_SHIFT,
+            dir_planes = const DIR_PLANES,
+            dir_base = const DIR_BASE,
+            dir_limit = const DIR_LIMIT,
+            sig = const abi::SIGNATURE,
+            options(nostack),
+        )
+    };
+    (SectionStatus::from_raw(st), nd, idx, n)
 }
 
 /// `numa_load_add_store`: `*word(node, idx) += v`, where the node and the index are

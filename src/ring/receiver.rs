@@ -1,0 +1,404 @@
+//! The consuming end: one [`Receiver`] that visits the per-cid rings round-robin.
+
+use super::chan::{BUFFER, Chan, HEAD, RECEIVER_GONE, SENDERS_GONE, TAIL};
+use super::signal::Waiter;
+use super::{RecvError, TryRecvError};
+use crate::cid::Shard;
+use crate::sync::{Arc, AtomicU64, Ordering, current_thread, park, spin_loop, yield_now};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Values taken from one ring before the receiver moves on to the next: bounds how
+/// long a busy ring can keep the others waiting (at most `BURST × rings` values
+/// between two visits of any ring), and how many taken slots the receiver keeps
+/// before returning them to the senders.
+const BURST: u32 = if cfg!(loom) { 2 } else { 32 };
+
+/// Empty polls a blocking `recv` spins (then yields) before it sleeps.
+const SPINS: u32 = if cfg!(loom) { 0 } else { 64 };
+
+/// The receiving end of a [`channel`](super::channel): `Send`, not `Clone` (one
+/// consumer), every method takes `&mut self`.
+pub struct Receiver<T> {
+    chan: Arc<Chan<T>>,
+    rings: Vec<SubRing>,
+    /// The ring being visited.
+    cursor: usize,
+    /// Values taken from it in this visit.
+    burst: u32,
+    /// `shard_count` when `rings` was last brought up to date.
+    known: u32,
+}
+
+// SAFETY: the raw pointers in `rings` are addresses of words in the channel's arena
+// run and of its slot buffers, which the `Arc` keeps alive; the receiver is the only
+// writer of the head words, wherever it runs. Values of type `T` cross threads.
+unsafe impl<T: Send> Send for Receiver<T> {}
+
+/// The receiver's view of one shard's ring.
+struct SubRing {
+    shard: Shard,
+    tail: *const AtomicU64,
+    head: *const AtomicU64,
+    buffer_word: *const AtomicU64,
+    /// The slot buffer, once the receiver saw it installed.
+    buffer: *mut u8,
+    /// Next position to take.
+    next: u64,
+    /// The head as the senders see it (positions before it are free to reuse).
+    published: u64,
+    /// The tail as last read (positions before it hold values).
+    seen: u64,
+}
+
+impl<T> Receiver<T> {
+    pub(super) fn new(chan: Arc<Chan<T>>) -> Receiver<T> {
+        let mut rx = Receiver {
+            chan,
+            rings: Vec::new(),
+            cursor: 0,
+            burst: 0,
+            known: 0,
+        };
+        rx.refresh();
+        rx
+    }
+
+    /// Takes a value without blocking: [`TryRecvError::Empty`] when every ring is
+    /// empty, [`TryRecvError::Disconnected`] when moreover every sender is gone.
+    #[inline]
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        if let Some(v) = self.next_value() {
+            return Ok(v);
+        }
+        self.empty_result()
+    }
+
+    #[cold]
+    fn empty_result(&mut self) -> Result<T, TryRecvError> {
+        if self.chan.closed.load(Ordering::SeqCst) & SENDERS_GONE != 0 {
+            // Every send happened before the last sender's drop: look once more.
+            return self.next_value().ok_or(TryRecvError::Disconnected);
+        }
+        Err(TryRecvError::Empty)
+    }
+
+    /// Takes a value, blocking while every ring is empty; `Err` once every sender is
+    /// gone and nothing is left.
+    pub fn recv(&mut self) -> Result<T, RecvError> {
+        let mut spins = 0;
+        loop {
+            match self.try_recv() {
+                Ok(v) => return Ok(v),
+                Err(TryRecvError::Disconnected) => return Err(RecvError),
+                Err(TryRecvError::Empty) => {}
+            }
+            if spins < SPINS {
+                spins += 1;
+                if spins < SPINS / 2 {
+                    spin_loop();
+                } else {
+                    yield_now();
+                }
+                continue;
+            }
+            let chan = Arc::clone(&self.chan);
+            let rx = &chan.rx.0;
+            rx.register(&Waiter::Thread(current_thread()));
+            rx.prepare_sleep(chan.fence);
+            match self.try_recv() {
+                Ok(v) => {
+                    rx.cancel_sleep();
+                    return Ok(v);
+                }
+                Err(TryRecvError::Disconnected) => {
+                    rx.cancel_sleep();
+                    return Err(RecvError);
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+            while rx.sleeping() {
+                park();
+            }
+            spins = 0;
+        }
+    }
+
+    /// Takes a value, waiting asynchronously while every ring is empty.
+    pub fn recv_async(&mut self) -> RecvFuture<'_, T> {
+        RecvFuture { rx: self }
+    }
+
+    /// The poll behind [`Receiver::recv_async`] and the `Stream` implementation.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, RecvError>> {
+        if self.chan.rx.0.sleeping() {
+            // Polled while nobody woke us: a send since the last check would have.
+            self.chan.rx.0.register_waker(cx.waker());
+            if self.chan.rx.0.sleeping() {
+                return Poll::Pending;
+            }
+        }
+        match self.try_recv() {
+            Ok(v) => return Poll::Ready(Ok(v)),
+            Err(TryRecvError::Disconnected) => return Poll::Ready(Err(RecvError)),
+            Err(TryRecvError::Empty) => {}
+        }
+        self.chan.rx.0.register_waker(cx.waker());
+        self.chan.rx.0.prepare_sleep(self.chan.fence);
+        match self.try_recv() {
+            Ok(v) => {
+                self.chan.rx.0.cancel_sleep();
+                Poll::Ready(Ok(v))
+            }
+            Err(TryRecvError::Disconnected) => {
+                self.chan.rx.0.cancel_sleep();
+                Poll::Ready(Err(RecvError))
+            }
+            Err(TryRecvError::Empty) => Poll::Pending,
+        }
+    }
+
+    /// Appends up to `max` values to `out` without blocking; returns how many.
+    pub fn recv_many(&mut self, out: &mut Vec<T>, max: usize) -> usize {
+        let mut taken = 0;
+        while taken < max {
+            match self.next_value() {
+                Some(v) => {
+                    out.push(v);
+                    taken += 1;
+                }
+                None => {
+                    if self.chan.closed.load(Ordering::SeqCst) & SENDERS_GONE == 0 {
+                        break;
+                    }
+                    match self.next_value() {
+                        Some(v) => {
+                            out.push(v);
+                            taken += 1;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        taken
+    }
+
+    /// An iterator over the values in the rings now; it ends at the first empty
+    /// poll and never blocks.
+    pub fn drain(&mut self) -> Drain<'_, T> {
+        Drain { rx: self }
+    }
+
+    /// Whether every sender is gone (values may still be left to take).
+    pub fn is_disconnected(&self) -> bool {
+        self.chan.closed.load(Ordering::Acquire) & SENDERS_GONE != 0
+    }
+
+    /// Slots of each cid's ring.
+    pub fn capacity_per_cid(&self) -> usize {
+        self.chan.capacity as usize
+    }
+
+    /// Rings the receiver visits: one per shard (cid, or (node, cid) in NUMA mode,
+    /// or portable lane) that ever ran a section in this channel's arena chunk.
+    pub fn rings(&mut self) -> usize {
+        self.refresh();
+        self.rings.len()
+    }
+
+    /// The next value, visiting the current ring for up to [`BURST`] values, then
+    /// the others in turn; `None` when all are empty.
+    #[inline]
+    fn next_value(&mut self) -> Option<T> {
+        for _ in 0..2 {
+            for _ in 0..self.rings.len() {
+                let i = self.cursor;
+                if let Some(v) = self.take(i) {
+                    self.burst += 1;
+                    if self.burst >= BURST || self.chan.tx.0.anyone_waiting() {
+                        self.publish(i);
+                        if self.burst >= BURST {
+                            self.advance();
+                        }
+                    }
+                    return Some(v);
+                }
+                self.publish(i);
+                self.advance();
+            }
+            // Rings appear as cids do.
+            if !self.refresh() {
+                break;
+            }
+        }
+        // Everything is empty: every sender that waits may go.
+        self.chan.tx.0.notify(u64::MAX);
+        None
+    }
+
+    #[inline]
+    fn advance(&mut self) {
+        self.burst = 0;
+        self.cursor += 1;
+        if self.cursor == self.rings.len() {
+            self.cursor = 0;
+        }
+    }
+
+    /// Takes the value at ring `i`'s next position, if it was published.
+    #[inline]
+    fn take(&mut self, i: usize) -> Option<T> {
+        let r = &mut self.rings[i];
+        if r.next == r.seen {
+            // SAFETY: words of the channel's run (see `Send`).
+            r.seen = unsafe { &*r.tail }.load(Ordering::Acquire);
+            if r.next == r.seen {
+                return None;
+            }
+        }
+        if r.buffer.is_null() {
+            // A published value implies an installed buffer (installed before the
+            // section that published it could run).
+            // SAFETY: as above.
+            r.buffer = unsafe { &*r.buffer_word }.load(Ordering::Acquire) as *mut u8;
+        }
+        let slot = self.chan.slot(r.buffer, r.next);
+        r.next = r.next.wrapping_add(1);
+        // SAFETY: positions before the tail hold published values; the receiver is
+        // the only one that takes them, each once (`next` moves past it), and the
+        // slot is not reused before the head is published past it.
+        Some(unsafe { slot.read() })
+    }
+
+    /// Returns ring `i`'s taken slots to the senders.
+    #[inline]
+    fn publish(&mut self, i: usize) {
+        let r = &mut self.rings[i];
+        if r.next != r.published {
+            let freed = r.next.wrapping_sub(r.published);
+            // Release: the reads of the taken slots come before their reuse.
+            // SAFETY: as in `take`.
+            unsafe { &*r.head }.store(r.next, Ordering::Release);
+            r.published = r.next;
+            self.chan.tx.0.notify(freed);
+        }
+    }
+
+    /// Adds the rings of shards that appeared since the last call; whether any did.
+    fn refresh(&mut self) -> bool {
+        let tails = self.chan.word(TAIL);
+        let count = tails.shard_count();
+        if count == self.known {
+            return false;
+        }
+        self.known = count;
+        let heads = self.chan.word(HEAD);
+        let buffers = self.chan.word(BUFFER);
+        let before = self.rings.len();
+        for (shard, tail) in tails.shards() {
+            if self.rings.iter().any(|r| r.shard == shard) {
+                continue;
+            }
+            let (Some(head), Some(buffer)) = (heads.at(shard), buffers.at(shard)) else {
+                continue;
+            };
+            let next = head.load(Ordering::Acquire);
+            self.rings.push(SubRing {
+                shard,
+                tail,
+                head,
+                buffer_word: buffer,
+                buffer: std::ptr::null_mut(),
+                next,
+                published: next,
+                seen: next,
+            });
+        }
+        self.rings.len() != before
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        self.chan.closed.fetch_or(RECEIVER_GONE, Ordering::SeqCst);
+        // Drop what the rings hold now; what senders publish in the meantime is
+        // dropped with the channel, by whichever end goes last.
+        self.refresh();
+        for i in 0..self.rings.len() {
+            while let Some(v) = self.take(i) {
+                drop(v);
+            }
+        }
+        // Give every taken slot back (the channel's drop starts at the heads) and
+        // release blocked senders: they will see the receiver gone.
+        let chan = &*self.chan;
+        for r in &mut self.rings {
+            if r.next != r.published {
+                // SAFETY: as in `take`.
+                unsafe { &*r.head }.store(r.next, Ordering::Release);
+                r.published = r.next;
+            }
+        }
+        chan.tx.0.wake(u64::MAX);
+    }
+}
+
+impl<T> fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("capacity_per_cid", &self.chan.capacity)
+            .field("rings", &self.rings.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The iterator of [`Receiver::drain`].
+pub struct Drain<'a, T> {
+    rx: &'a mut Receiver<T>,
+}
+
+impl<T> Iterator for Drain<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl<T> fmt::Debug for Drain<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Drain").finish_non_exhaustive()
+    }
+}
+
+/// The future of [`Receiver::recv_async`].
+#[must_use = "futures do nothing unless polled"]
+pub struct RecvFuture<'a, T> {
+    rx: &'a mut Receiver<T>,
+}
+
+impl<T> Future for RecvFuture<'_, T> {
+    type Output = Result<T, RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl<T> fmt::Debug for RecvFuture<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecvFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "async")]
+impl<T> futures_core::Stream for Receiver<T> {
+    type Item = T;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.poll_recv(cx).map(Result::ok)
+    }
+}

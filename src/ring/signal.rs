@@ -1,0 +1,266 @@
+//! Wake-ups between the ends of a ring: the consumer asleep on empty rings, senders
+//! asleep on a full one.
+//!
+//! # The consumer's sleep (no cost on the send path)
+//!
+//! A sender publishes (the tail store of its section), then reads [`RxSignal`]'s
+//! state: that is all a send pays while the consumer runs, a load of a line nobody
+//! writes. The consumer, out of work, stores `SLEEPING`, runs the **heavy** fence,
+//! checks the rings once more and only then sleeps. The heavy fence is
+//! `membarrier(PRIVATE_EXPEDITED_RSEQ)`: every running thread of the process executes
+//! a full barrier, and a thread that is not running passed one when it was switched
+//! out. So for any send, either its tail store is visible to the consumer's last
+//! check, or its load of the state comes after the consumer's store and sees
+//! `SLEEPING` (the asymmetric Dekker pattern of `membarrier(2)`, as liburcu and
+//! folly's `asymmetricHeavyBarrier` use it). The sender that sees `SLEEPING` swaps
+//! it back to `RUNNING`; the one whose swap returned `SLEEPING` wakes the waiter.
+//!
+//! Without membarrier (seccomp, valgrind, the loom model) both sides use a
+//! `SeqCst` fence instead ([`FenceMode::Symmetric`]): the same argument with the
+//! cost moved onto every send.
+//!
+//! # Senders' sleep (paid by the consumer once per published batch)
+//!
+//! A sender whose sub-ring is full registers in [`TxSignal`] (a `SeqCst`
+//! increment), fences, retries and only then sleeps. The consumer, after publishing
+//! a ring's head, fences and reads the count: either it sees the sender, or the
+//! sender's retry sees the new head. It wakes as many senders as it freed slots
+//! (first come, first woken); a woken sender that fails again (it moved to another
+//! cid whose ring is still full) registers again. When the consumer runs out of
+//! work it wakes them all: every ring is empty then.
+//!
+//! The waiter of an end is kept (cloned, not taken) by a waker: a wake that races
+//! with a new registration wakes the newer waiter, which rechecks.
+
+use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, Thread, fence};
+use std::collections::VecDeque;
+use std::task::Waker;
+
+/// The consumer runs (or is about to check the rings).
+pub(super) const RUNNING: u32 = 0;
+/// The consumer is asleep, or about to sleep, and must be woken.
+pub(super) const SLEEPING: u32 = 1;
+
+/// How the two sides of a wake-up order their store and their load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FenceMode {
+    /// Senders use a compiler fence, the sleeper `membarrier`.
+    Asymmetric,
+    /// Both sides use a `SeqCst` fence.
+    Symmetric,
+}
+
+impl FenceMode {
+    /// The asymmetric mode when the rseq fence works here.
+    pub(super) fn detect() -> FenceMode {
+        if !cfg!(loom) && crate::rseq::fence_available() {
+            FenceMode::Asymmetric
+        } else {
+            FenceMode::Symmetric
+        }
+    }
+
+    /// The cheap side: between a sender's publication and its load of the state.
+    #[inline(always)]
+    pub(super) fn light(self) {
+        match self {
+            FenceMode::Asymmetric => std::sync::atomic::compiler_fence(Ordering::SeqCst),
+            FenceMode::Symmetric => fence(Ordering::SeqCst),
+        }
+    }
+
+    /// The expensive side: between the sleeper's store of its state and its last
+    /// check of the rings.
+    pub(super) fn heavy(self) {
+        if self == FenceMode::Asymmetric && crate::rseq::fence_rseq().is_ok() {
+            return;
+        }
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// Something to wake: a thread blocked in `recv`/`send`, or a task.
+#[derive(Clone, Debug)]
+pub(super) enum Waiter {
+    Thread(Thread),
+    Task(Waker),
+}
+
+impl Waiter {
+    pub(super) fn wake(self) {
+        match self {
+            Waiter::Thread(t) => t.unpark(),
+            Waiter::Task(w) => w.wake(),
+        }
+    }
+
+    /// Whether waking `self` wakes the same thread or task as `other`.
+    fn same_as(&self, other: &Waiter) -> bool {
+        match (self, other) {
+            (Waiter::Thread(a), Waiter::Thread(b)) => a.id() == b.id(),
+            (Waiter::Task(a), Waiter::Task(b)) => a.will_wake(b),
+            _ => false,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The consumer's side: its state and its waiter.
+#[derive(Debug)]
+pub(super) struct RxSignal {
+    state: AtomicU32,
+    waiter: Mutex<Option<Waiter>>,
+}
+
+impl RxSignal {
+    pub(super) fn new() -> RxSignal {
+        RxSignal {
+            state: AtomicU32::new(RUNNING),
+            waiter: Mutex::new(None),
+        }
+    }
+
+    /// Called by a sender after it published: wakes the consumer if it sleeps.
+    #[inline(always)]
+    pub(super) fn notify(&self, mode: FenceMode) {
+        mode.light();
+        if self.state.load(Ordering::Relaxed) != RUNNING {
+            self.wake();
+        }
+    }
+
+    /// Wakes the consumer if it sleeps (senders' last drop, `notify`).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn wake(&self) {
+        if self.state.swap(RUNNING, Ordering::SeqCst) == SLEEPING {
+            let waiter = lock(&self.waiter).clone();
+            if let Some(w) = waiter {
+                w.wake();
+            }
+        }
+    }
+
+    /// Records who to wake, replacing an earlier waiter unless it is the same.
+    pub(super) fn register(&self, waiter: &Waiter) {
+        let mut slot = lock(&self.waiter);
+        if !slot.as_ref().is_some_and(|w| w.same_as(waiter)) {
+            *slot = Some(waiter.clone());
+        }
+    }
+
+    /// [`RxSignal::register`] for a task, cloning its waker only when it changed.
+    pub(super) fn register_waker(&self, waker: &Waker) {
+        let mut slot = lock(&self.waiter);
+        if !matches!(slot.as_ref(), Some(Waiter::Task(w)) if w.will_wake(waker)) {
+            *slot = Some(Waiter::Task(waker.clone()));
+        }
+    }
+
+    /// Announces the sleep, then fences (the caller checks the rings after this).
+    pub(super) fn prepare_sleep(&self, mode: FenceMode) {
+        self.state.store(SLEEPING, Ordering::SeqCst);
+        mode.heavy();
+    }
+
+    /// The last check found work: back to running.
+    pub(super) fn cancel_sleep(&self) {
+        self.state.store(RUNNING, Ordering::SeqCst);
+    }
+
+    /// Whether the consumer is still asleep (nobody woke it since it slept).
+    pub(super) fn sleeping(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == SLEEPING
+    }
+}
+
+/// The senders' side: who waits for a free slot.
+#[derive(Debug)]
+pub(super) struct TxSignal {
+    /// Registered waiters; read by the consumer after every publication.
+    waiting: AtomicU64,
+    next_id: AtomicU64,
+    waiters: Mutex<VecDeque<(u64, Waiter)>>,
+}
+
+impl TxSignal {
+    pub(super) fn new() -> TxSignal {
+        TxSignal {
+            waiting: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+            waiters: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// A fresh registration id.
+    pub(super) fn id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers `waiter` under `id` unless it is registered (a waker removes the
+    /// waiters it wakes); fences, so that the caller's retry sees any head published
+    /// before the consumer read the count.
+    pub(super) fn register(&self, id: u64, waiter: &Waiter) {
+        let mut waiters = lock(&self.waiters);
+        match waiters.iter_mut().find(|(i, _)| *i == id) {
+            Some((_, w)) => {
+                if !w.same_as(waiter) {
+                    *w = waiter.clone();
+                }
+            }
+            None => {
+                waiters.push_back((id, waiter.clone()));
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        drop(waiters);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Removes registration `id`, if a waker did not.
+    pub(super) fn unregister(&self, id: u64) {
+        let mut waiters = lock(&self.waiters);
+        if let Some(i) = waiters.iter().position(|(w, _)| *w == id) {
+            waiters.remove(i);
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether a sender waits (a hint: the consumer then publishes at once).
+    #[inline(always)]
+    pub(super) fn anyone_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) != 0
+    }
+
+    /// Called by the consumer after it published freed slots: wakes up to `freed`
+    /// waiters (all of them for `u64::MAX`).
+    #[inline(always)]
+    pub(super) fn notify(&self, freed: u64) {
+        fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::Relaxed) != 0 {
+            self.wake(freed);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    pub(super) fn wake(&self, freed: u64) {
+        let mut woken = Vec::new();
+        {
+            let mut waiters = lock(&self.waiters);
+            while (woken.len() as u64) < freed {
+                let Some((_, w)) = waiters.pop_front() else {
+                    break;
+                };
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                woken.push(w);
+            }
+        }
+        for w in woken {
+            w.wake();
+        }
+    }
+}
