@@ -85,6 +85,20 @@ impl<T> Receiver<T> {
         Err(TryRecvError::Empty)
     }
 
+    /// [`Receiver::try_recv`] that also says which shard's ring held the value
+    /// (tests check FIFO order per ring with it).
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn try_recv_traced(&mut self) -> Result<(T, Shard), TryRecvError> {
+        if let Some(entry) = self.next_entry() {
+            return Ok(entry);
+        }
+        if self.chan.closed.load(Ordering::SeqCst) & SENDERS_GONE != 0 {
+            return self.next_entry().ok_or(TryRecvError::Disconnected);
+        }
+        Err(TryRecvError::Empty)
+    }
+
     /// Takes a value, blocking while every ring is empty; `Err` once every sender is
     /// gone and nothing is left.
     pub fn recv(&mut self) -> Result<T, RecvError> {
@@ -213,10 +227,17 @@ impl<T> Receiver<T> {
     /// the others in turn; `None` when all are empty.
     #[inline]
     fn next_value(&mut self) -> Option<T> {
+        self.next_entry().map(|(v, _)| v)
+    }
+
+    /// [`Receiver::next_value`] with the shard whose ring held the value.
+    #[inline]
+    fn next_entry(&mut self) -> Option<(T, Shard)> {
         for _ in 0..2 {
             for _ in 0..self.rings.len() {
                 let i = self.cursor;
                 if let Some(v) = self.take(i) {
+                    let shard = self.rings[i].shard;
                     self.burst += 1;
                     if self.burst >= BURST || self.chan.tx.0.anyone_waiting() {
                         self.publish(i);
@@ -224,7 +245,7 @@ impl<T> Receiver<T> {
                             self.advance();
                         }
                     }
-                    return Some(v);
+                    return Some((v, shard));
                 }
                 self.publish(i);
                 self.advance();
