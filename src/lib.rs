@@ -30,7 +30,8 @@
 //! * [`pool`]: `Pool<T>`, objects recycled through per-cid caches; [`alloc`]:
 //!   `PerCidAlloc`, a small-object allocator on the same machinery, usable as the
 //!   `#[global_allocator]`.
-//! * [`ring`]: per-cid MPSC rings (see its issue).
+//! * [`ring`]: an MPSC channel made of per-cid rings: one critical section per send,
+//!   blocking and async ends, a `Stream` receiver.
 //!
 //! # Safety and correctness
 //!
