@@ -427,7 +427,7 @@ fn slabs_on_the_real_node() {
     let mut pages = 0;
     for b in &objects {
         assert_eq!(b[63], 7);
-        let on = percid::numa::pages_on((&**b).as_ptr().cast(), std::mem::size_of::<[u64; 64]>())
+        let on = percid::numa::pages_on(b.as_ptr().cast(), std::mem::size_of::<[u64; 64]>())
             .expect("move_pages");
         for page in on {
             assert_eq!(page as u32, node, "a slab page on node {page}, not {node}");

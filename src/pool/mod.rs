@@ -30,6 +30,35 @@
 //! free slots are reachable by sections until then, so nothing a section may read is
 //! ever freed under it.
 //!
+//! # NUMA mode
+//!
+//! [`PoolBuilder::numa`] keeps the objects in the memory of the node that uses them,
+//! as [`crate::NumaCounter`] keeps its shards (see [`crate::numa`]):
+//!
+//! * The cache heads live in a NUMA arena ([`cid::numa_global`] unless
+//!   [`PoolBuilder::arena`] names another; a plain arena is
+//!   [`PoolError::NotNumaArena`]): a cache per (node, cid). `get` and drop run the
+//!   `numa_list_pop` / `numa_list_push` sections, which read `node_id` and `mm_cid`
+//!   in one critical section: a drop lands in the cache of the node the dropping
+//!   thread runs on, whatever the object's home.
+//! * Every node has its own depot, and the pool grows by slabs in fresh pages bound
+//!   to the node of the thread that grows it ([`crate::numa`]'s binding, or first
+//!   touch by that thread where binding is off or unavailable), as many objects as
+//!   fill the pages. Each object remembers its **home** node ([`PoolBox::node`]).
+//! * A get that misses takes a batch from its node's depot, else grows on its node;
+//!   only a bounded pool at its bound takes from other nodes' depots.
+//! * Objects go home in batches: whenever objects leave a cache for the depots (a
+//!   spill of a full cache, a drain, [`Pool::trim`]) they are sorted by home node
+//!   and each group goes to its home's depot, so a depot only ever holds its node's
+//!   memory ([`Pool::idle_on_node`]).
+//! * Threads on the portable backend (per-CPU lanes) count as on the node of their
+//!   CPU ([`PoolBuilder::topology`], default the machine's).
+//!
+//! On a machine with one node a NUMA pool runs the plain sections (its caches are
+//! node 0's plane) and only differs by its node-bound slabs. A many-node NUMA pool
+//! pays a plain section that misses at its bound check before each NUMA section:
+//! the price of leaving the plain pool's fast path untouched.
+//!
 //! # Debug checks
 //!
 //! With [`PoolBuilder::debug`] (on by default in debug builds) every slot carries its
@@ -53,6 +82,12 @@ pub const MAX_CAPACITY: usize = (1 << 16) - 2;
 
 /// Largest alignment a pooled type may ask for.
 pub const MAX_ALIGN: usize = 4096;
+
+/// The materialised-index limit a many-node NUMA pool gives its plain fast path:
+/// with no index below it, the plain section exits at its bound check and the pool
+/// takes its NUMA sections. A plain pool's fast path thereby stays exactly what it
+/// is without NUMA mode (no test of the mode before its section).
+static NO_CIDS: u32 = 0;
 
 /// Slot states (debug checks).
 const FREE: u32 = 1;
@@ -259,7 +294,11 @@ impl<T: Send> PoolBuilder<T> {
         };
         let heads = arena.alloc(1).map_err(PoolError::Storage)?;
         let nodes = if self.numa { arena.nodes().max(1) } else { 1 };
-        let (base, limit) = heads.first().hot();
+        let (base, mut limit) = heads.first().hot();
+        if nodes > 1 {
+            // The plain fast path must miss at once: the NUMA sections take over.
+            limit = &NO_CIDS;
+        }
         Ok(Pool {
             hot: HotWord::from_parts(base, limit),
             node_hot: (nodes > 1).then(|| heads.first().node_hot()),
@@ -453,7 +492,8 @@ impl Homeward {
 /// });
 /// ```
 pub struct Pool<T> {
-    /// The heads word's fast-path addresses (see `HotWord`).
+    /// The heads word's fast-path addresses (see `HotWord`); in a many-node NUMA
+    /// pool, with a limit that makes every plain section miss (`NO_CIDS`).
     hot: HotWord,
     /// A NUMA pool on more than one node: the heads word's NUMA fast path (see
     /// `NodeHotWord`). `None`: the plain sections on plane 0.
@@ -543,24 +583,50 @@ impl<T: Send> Pool<T> {
 
     #[inline(always)]
     fn pop(&self) -> Option<&Slot<T>> {
-        let node = match self.node_hot {
-            // SAFETY: every node on the heads' lists is a slot of this pool, alive as
-            // long as the pool, and only list operations (or a drainer that owns the
-            // list) write the heads and the links of listed slots.
-            None => match unsafe { self.hot.try_list_pop() } {
-                Some(node) => node?,
+        // SAFETY: every node on the heads' lists is a slot of this pool, alive as long
+        // as the pool, and only list operations (or a drainer that owns the list)
+        // write the heads and the links of listed slots.
+        let node = match unsafe { self.hot.try_list_pop() } {
+            Some(node) => node?,
+            // A many-node NUMA pool's plain attempt always misses (see `NO_CIDS`).
+            None => match self.node_hot {
                 // SAFETY: as above.
                 None => unsafe { self.heads().list_pop() }?.0,
-            },
-            // SAFETY: as above.
-            Some(hot) => match unsafe { hot.try_list_pop() } {
-                Some(node) => node?,
                 // SAFETY: as above.
-                None => unsafe { self.heads().list_pop_on_node() }?.0,
+                Some(hot) => unsafe { self.pop_on_node(hot) }?,
             },
         };
         // SAFETY: a listed node is a slot of this pool.
         Some(unsafe { Slot::from_node(node) })
+    }
+
+    /// A many-node NUMA pool's pop: the NUMA section on the caller's (node, cid).
+    ///
+    /// # Safety
+    /// None beyond the pool's invariants (as in `pop`).
+    #[inline(never)]
+    unsafe fn pop_on_node(&self, hot: NodeHotWord) -> Option<usize> {
+        // SAFETY: as in `pop`.
+        match unsafe { hot.try_list_pop() } {
+            Some(node) => node,
+            // SAFETY: as in `pop`.
+            None => unsafe { self.heads().list_pop_on_node() }.map(|(node, _)| node),
+        }
+    }
+
+    /// A many-node NUMA pool's push (see `pop_on_node`).
+    ///
+    /// # Safety
+    /// `node` is an owned slot of this pool.
+    #[inline(never)]
+    unsafe fn push_on_node(&self, hot: NodeHotWord, node: usize) -> Result<(), ListFull> {
+        // SAFETY: the slot is ours (the caller's contract), aligned and a user-space
+        // address; the lists hold only this pool's slots.
+        match unsafe { hot.try_list_push(node, self.capacity) } {
+            Some(pushed) => pushed,
+            // SAFETY: as above.
+            None => unsafe { self.heads().list_push_on_node(node, self.capacity) }.map(|_| ()),
+        }
     }
 
     /// Pops from the caller's cache, in the pool's mode (slow paths).
@@ -844,20 +910,16 @@ impl<T: Send> Pool<T> {
         if self.debug {
             self.transition(slot, BOXED, FREE, "an object returned twice");
         }
-        let pushed = match self.node_hot {
-            // SAFETY: the slot is ours, aligned and a user-space address; the lists
-            // hold only this pool's slots.
-            None => match unsafe { self.hot.try_list_push(slot.node(), self.capacity) } {
-                Some(pushed) => pushed,
+        // SAFETY: the slot is ours, aligned and a user-space address; the lists hold
+        // only this pool's slots.
+        let pushed = match unsafe { self.hot.try_list_push(slot.node(), self.capacity) } {
+            Some(pushed) => pushed,
+            // A many-node NUMA pool's plain attempt always misses (see `NO_CIDS`).
+            None => match self.node_hot {
                 // SAFETY: as above.
                 None => unsafe { self.heads().list_push(slot.node(), self.capacity) }.map(|_| ()),
-            },
-            // SAFETY: as above.
-            Some(hot) => match unsafe { hot.try_list_push(slot.node(), self.capacity) } {
-                Some(pushed) => pushed,
                 // SAFETY: as above.
-                None => unsafe { self.heads().list_push_on_node(slot.node(), self.capacity) }
-                    .map(|_| ()),
+                Some(hot) => unsafe { self.push_on_node(hot, slot.node()) },
             },
         };
         if let Err(ListFull) = pushed {
