@@ -701,15 +701,15 @@ impl Arena {
         nodes
     }
 
+    /// Whether this is a NUMA arena ([`Arena::numa`], [`Arena::with_nodes`]): one
+    /// plane per node, bound to it.
+    pub fn is_numa(&self) -> bool {
+        self.placing == Placing::NodeBound
+    }
+
     /// Planes (NUMA nodes) per chunk: 1 in a plain arena.
     pub fn nodes(&self) -> u32 {
         self.planes
-    }
-
-    /// Whether this is a NUMA arena ([`Arena::numa`], [`Arena::with_nodes`]): its
-    /// structures run the NUMA sections, keyed by (node, cid).
-    pub fn is_numa(&self) -> bool {
-        self.placing == Placing::NodeBound
     }
 
     /// Pages of every reserved plane of `node`, with their length in bytes, for

@@ -335,6 +335,74 @@ impl NodeHotWord {
     }
 }
 
+impl NodeHotWord {
+    /// One attempt of `numa_list_pop` on the rseq backend: `Some(Some(node))` when it
+    /// committed, `Some(None)` when the list is empty, `None` for anything else (the
+    /// caller then takes [`Word::list_pop_on_node`]).
+    ///
+    /// # Safety
+    /// As for [`Word::list_pop_on_node`], for the word this hot word was made from.
+    #[inline(always)]
+    pub(crate) unsafe fn try_list_pop(self) -> Option<Option<usize>> {
+        if let ThreadBackend::Rseq { area, index } = thread_backend() {
+            let cpu = SectionSite::numa(area, index, node_source(), self.dir);
+            // SAFETY: `dir` and `woff` come from `Word::node_hot` of a live word; listed
+            // nodes are live (the caller's contract).
+            let (st, _, _, node) = unsafe { arch::numa_list_pop(cpu, self.woff) };
+            return match st {
+                SectionStatus::Committed => Some(Some(node)),
+                SectionStatus::Failed => Some(None),
+                _ => None,
+            };
+        }
+        None
+    }
+
+    /// One attempt of `numa_list_push` on the rseq backend: `Some(Ok(()))` when it
+    /// committed, `Some(Err(ListFull))` when the list is full, `None` for anything
+    /// else (the caller then takes [`Word::list_push_on_node`]).
+    ///
+    /// # Safety
+    /// As for [`Word::list_push_on_node`], for the word this hot word was made from.
+    #[inline(always)]
+    pub(crate) unsafe fn try_list_push(
+        self,
+        node: usize,
+        max_len: u16,
+    ) -> Option<Result<(), ListFull>> {
+        if let ThreadBackend::Rseq { area, index } = thread_backend() {
+            let cpu = SectionSite::numa(area, index, node_source(), self.dir);
+            // SAFETY: as in `try_list_pop`; the node is the caller's.
+            let (st, _, _) =
+                unsafe { arch::numa_list_push(cpu, self.woff, node, u64::from(max_len)) };
+            return match st {
+                SectionStatus::Committed => Some(Ok(())),
+                SectionStatus::Failed => Some(Err(ListFull)),
+                _ => None,
+            };
+        }
+        None
+    }
+}
+
+/// The NUMA node the calling thread is on, as the NUMA operations see it: the node
+/// its rseq sections read (the kernel's `node_id`, or a test's injected node), the
+/// simulated node, or on the portable backend `cpu_node` of its CPU (0 when that
+/// says nothing). Stale as soon as it returns: for choosing where to look or
+/// allocate, never for exclusivity.
+pub(crate) fn thread_node(cpu_node: impl Fn(u32) -> Option<u32>) -> u32 {
+    match thread_backend() {
+        ThreadBackend::Rseq { .. } => {
+            // SAFETY: `node_source` is the thread's `node_id` field, its injected
+            // thread-local cell or a static zero: a readable `u32` for the life of
+            // the thread (the kernel writes `node_id` concurrently, hence volatile).
+            unsafe { std::ptr::read_volatile(node_source()) }
+        }
+        ThreadBackend::Simulated => simulated::thread_node(),
+        ThreadBackend::Portable => cpu_node(crate::rseq::portable_cpu()).unwrap_or(0),
+    }
+}
+
 impl<'a> Word<'a> {
     /// This word in the unit of `shard`, or `None` when that shard is not
     /// materialised (nothing was ever written there).
@@ -659,6 +727,115 @@ impl<'a> Word<'a> {
                 // SAFETY: as in `add`; the node is the caller's (the contract).
                 let (st, idx) = unsafe { arch::list_push(cpu, base, node, max_len) };
                 Attempt::from_status(st, idx, |committed| committed)
+            },
+            // SAFETY: the node is the caller's private word (the contract).
+            |s, unit| Ok(unsafe { spec::list_push(s, unit.word(offset), node, max_len) }?.is_ok()),
+            None,
+        );
+        if ok { Ok(shard) } else { Err(ListFull) }
+    }
+}
+
+impl Word<'_> {
+    /// `numa_list_pop`: [`Word::list_pop`] on the caller's shard in the plane of the
+    /// NUMA node it runs on, the node and the cid read in one critical section (as
+    /// [`Word::add_on_node`]). On a thread without a node (portable backend), or a
+    /// node beyond the arena's planes, the thread's lane.
+    ///
+    /// # Safety
+    /// As for [`Word::list_pop`].
+    #[inline(always)]
+    pub unsafe fn list_pop_on_node(self) -> Option<(usize, Shard)> {
+        if let ThreadBackend::Rseq { area, index } = thread_backend() {
+            let cpu = SectionSite::numa(area, index, node_source(), self.chunk.dir_ptr());
+            // SAFETY: as in `add_on_node`; listed nodes are live (the caller's
+            // contract).
+            let (st, node, idx, item) = unsafe { arch::numa_list_pop(cpu, self.offset * 8) };
+            match st {
+                SectionStatus::Committed => return Some((item, Shard::NodeCid { node, cid: idx })),
+                SectionStatus::Failed => return None,
+                _ => {}
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.list_pop_on_node_slow() }
+    }
+
+    /// # Safety
+    /// As for [`Word::list_pop`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn list_pop_on_node_slow(self) -> Option<(usize, Shard)> {
+        let chunk = self.chunk;
+        let offset = self.offset;
+        let (item, shard) = run(
+            chunk,
+            Plane::Node,
+            |cpu| {
+                // SAFETY: as in `add_on_node`; listed nodes are live (the caller's
+                // contract).
+                let (st, node, idx, item) = unsafe { arch::numa_list_pop(cpu, offset * 8) };
+                Attempt::on_node(st, Plane::Node, node, idx, |committed| {
+                    committed.then_some(item)
+                })
+            },
+            // SAFETY: listed nodes are live (the caller's contract).
+            |s, unit| unsafe { spec::list_pop(s, unit.word(offset)) },
+            None,
+        );
+        item.map(|n| (n, shard))
+    }
+
+    /// `numa_list_push`: [`Word::list_push`] on the caller's shard in the plane of the
+    /// NUMA node it runs on (as [`Word::list_pop_on_node`]), with the same contract on
+    /// `ListFull`: the list did not take the node, whose link may have been
+    /// overwritten by an attempt that aborted (a caller that keeps the node in a chain
+    /// of its own relinks it).
+    ///
+    /// # Safety
+    /// As for [`Word::list_push`].
+    #[inline(always)]
+    pub unsafe fn list_push_on_node(self, node: usize, max_len: u16) -> Result<Shard, ListFull> {
+        debug_assert!(
+            node.is_multiple_of(8) && node as u64 & !spec::LIST_NODE_MASK == 0,
+            "list nodes must be 8-byte aligned and below 2^48"
+        );
+        if let ThreadBackend::Rseq { area, index } = thread_backend() {
+            let cpu = SectionSite::numa(area, index, node_source(), self.chunk.dir_ptr());
+            // SAFETY: as in `add_on_node`; the node is the caller's (the contract).
+            let (st, plane, idx) =
+                unsafe { arch::numa_list_push(cpu, self.offset * 8, node, u64::from(max_len)) };
+            match st {
+                SectionStatus::Committed => {
+                    return Ok(Shard::NodeCid {
+                        node: plane,
+                        cid: idx,
+                    });
+                }
+                SectionStatus::Failed => return Err(ListFull),
+                _ => {}
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.list_push_on_node_slow(node, max_len) }
+    }
+
+    /// # Safety
+    /// As for [`Word::list_push`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn list_push_on_node_slow(self, node: usize, max_len: u16) -> Result<Shard, ListFull> {
+        let chunk = self.chunk;
+        let offset = self.offset;
+        let max_len = u64::from(max_len);
+        let (ok, shard) = run(
+            chunk,
+            Plane::Node,
+            |cpu| {
+                // SAFETY: as in `add_on_node`; the node is the caller's (the contract).
+                let (st, plane, idx) =
+                    unsafe { arch::numa_list_push(cpu, offset * 8, node, max_len) };
+                Attempt::on_node(st, Plane::Node, plane, idx, |committed| committed)
             },
             // SAFETY: the node is the caller's private word (the contract).
             |s, unit| Ok(unsafe { spec::list_push(s, unit.word(offset), node, max_len) }?.is_ok()),

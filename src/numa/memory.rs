@@ -120,7 +120,7 @@ unsafe fn bind_if(enabled: bool, ptr: *mut u8, len: usize, node: u32) -> Binding
     Binding::FirstTouch
 }
 
-fn page_size() -> usize {
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     usize::try_from(page).unwrap_or(4096).max(4096)

@@ -30,6 +30,35 @@
 //! free slots are reachable by sections until then, so nothing a section may read is
 //! ever freed under it.
 //!
+//! # NUMA mode
+//!
+//! [`PoolBuilder::numa`] keeps the objects in the memory of the node that uses them,
+//! as [`crate::NumaCounter`] keeps its shards (see [`crate::numa`]):
+//!
+//! * The cache heads live in a NUMA arena ([`cid::numa_global`] unless
+//!   [`PoolBuilder::arena`] names another; a plain arena is
+//!   [`PoolError::NotNumaArena`]): a cache per (node, cid). `get` and drop run the
+//!   `numa_list_pop` / `numa_list_push` sections, which read `node_id` and `mm_cid`
+//!   in one critical section: a drop lands in the cache of the node the dropping
+//!   thread runs on, whatever the object's home.
+//! * Every node has its own depot, and the pool grows by slabs in fresh pages bound
+//!   to the node of the thread that grows it ([`crate::numa`]'s binding, or first
+//!   touch by that thread where binding is off or unavailable), as many objects as
+//!   fill the pages. Each object remembers its **home** node ([`PoolBox::node`]).
+//! * A get that misses takes a batch from its node's depot, else grows on its node;
+//!   only a bounded pool at its bound takes from other nodes' depots.
+//! * Objects go home in batches: whenever objects leave a cache for the depots (a
+//!   spill of a full cache, a drain, [`Pool::trim`]) they are sorted by home node
+//!   and each group goes to its home's depot, so a depot only ever holds its node's
+//!   memory ([`Pool::idle_on_node`]).
+//! * Threads on the portable backend (per-CPU lanes) count as on the node of their
+//!   CPU ([`PoolBuilder::topology`], default the machine's).
+//!
+//! On a machine with one node a NUMA pool runs the plain sections (its caches are
+//! node 0's plane) and only differs by its node-bound slabs. A many-node NUMA pool
+//! pays a plain section that misses at its bound check before each NUMA section:
+//! the price of leaving the plain pool's fast path untouched.
+//!
 //! # Debug checks
 //!
 //! With [`PoolBuilder::debug`] (on by default in debug builds) every slot carries its
@@ -38,8 +67,9 @@
 //! a message instead of corrupting the lists.
 
 use crate::cid::list::{self, first as chain_node, len as chain_len, pack};
-use crate::cid::{self, Arena, HotWord, ListFull, StorageError, Word, Words};
-use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
+use crate::cid::{self, Arena, HotWord, ListFull, NodeHotWord, Shard, StorageError, Word, Words};
+use crate::numa::Topology;
+use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 use std::cell::UnsafeCell;
 use std::fmt;
 use std::marker::PhantomData;
@@ -53,10 +83,16 @@ pub const MAX_CAPACITY: usize = (1 << 16) - 2;
 /// Largest alignment a pooled type may ask for.
 pub const MAX_ALIGN: usize = 4096;
 
+/// The materialised-index limit a many-node NUMA pool gives its plain fast path:
+/// with no index below it, the plain section exits at its bound check and the pool
+/// takes its NUMA sections. A plain pool's fast path thereby stays exactly what it
+/// is without NUMA mode (no test of the mode before its section).
+static NO_CIDS: u32 = 0;
+
 /// Slot states (debug checks).
-const FREE: u64 = 1;
-const BOXED: u64 = 2;
-const RAW: u64 = 3;
+const FREE: u32 = 1;
+const BOXED: u32 = 2;
+const RAW: u32 = 3;
 
 /// Why a pool could not be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +121,11 @@ pub enum PoolError {
     },
     /// The per-cid cache heads could not be allocated.
     Storage(StorageError),
+    /// [`PoolBuilder::numa`] with an arena that is not a NUMA arena
+    /// ([`PoolBuilder::arena`] of one made by [`Arena::new`] or
+    /// [`Arena::with_capacity`]): a NUMA pool keeps its caches in the arena's node
+    /// planes ([`Arena::numa`], [`Arena::with_nodes`]).
+    NotNumaArena,
 }
 
 impl fmt::Display for PoolError {
@@ -105,6 +146,9 @@ impl fmt::Display for PoolError {
                 "alignment {align} exceeds the maximum of {MAX_ALIGN} (the page size)"
             ),
             PoolError::Storage(e) => write!(f, "pool cache heads: {e}"),
+            PoolError::NotNumaArena => {
+                f.write_str("a NUMA pool needs a NUMA arena (Arena::numa or Arena::with_nodes)")
+            }
         }
     }
 }
@@ -117,7 +161,10 @@ struct Slot<T> {
     /// The list link while the slot is free (the packed head of the rest of the
     /// list); first, so the slot's address is the list node's.
     link: AtomicU64,
-    state: AtomicU64,
+    state: AtomicU32,
+    /// The NUMA node whose memory holds the slot (its slab's node; 0 in a plain
+    /// pool): where the slot's batches go home to.
+    home: u32,
     value: UnsafeCell<T>,
 }
 
@@ -146,6 +193,8 @@ pub struct PoolBuilder<T> {
     max_objects: Option<usize>,
     debug: bool,
     arena: Option<&'static Arena>,
+    numa: bool,
+    topology: Option<&'static Topology>,
 }
 
 impl<T: Send> PoolBuilder<T> {
@@ -184,9 +233,31 @@ impl<T: Send> PoolBuilder<T> {
         self
     }
 
-    /// Allocates the cache heads from `arena` instead of the process-wide one.
+    /// Allocates the cache heads from `arena` instead of the process-wide one
+    /// ([`cid::global`], or [`cid::numa_global`] in NUMA mode). A NUMA pool needs a
+    /// NUMA arena ([`Arena::numa`], [`Arena::with_nodes`]): with another,
+    /// [`PoolBuilder::build`] fails with [`PoolError::NotNumaArena`].
     pub fn arena(mut self, arena: &'static Arena) -> Self {
         self.arena = Some(arena);
+        self
+    }
+
+    /// NUMA mode (default off; see [NUMA mode](self#numa-mode)): caches per (node,
+    /// cid) in the node planes of a NUMA arena, slabs in node-bound memory, one
+    /// depot per node, and objects returned on another node sent home in batches.
+    /// On a machine with one node the pool runs the plain sections, in node-bound
+    /// slabs.
+    pub fn numa(mut self, numa: bool) -> Self {
+        self.numa = numa;
+        self
+    }
+
+    /// The topology that says which node a thread on the portable backend is on:
+    /// the node of its CPU (default: the machine's, [`crate::numa::topology`]). Such
+    /// threads have no node of their own (their caches are per-CPU lanes). For NUMA
+    /// pools; tests lay out many nodes on a small machine with it.
+    pub fn topology(mut self, topology: &'static Topology) -> Self {
+        self.topology = Some(topology);
         self
     }
 
@@ -215,11 +286,22 @@ impl<T: Send> PoolBuilder<T> {
                 align: std::mem::align_of::<T>(),
             });
         }
-        let arena = self.arena.unwrap_or_else(cid::global);
+        let arena = match self.arena {
+            Some(arena) if self.numa && !arena.is_numa() => return Err(PoolError::NotNumaArena),
+            Some(arena) => arena,
+            None if self.numa => cid::numa_global(),
+            None => cid::global(),
+        };
         let heads = arena.alloc(1).map_err(PoolError::Storage)?;
-        let (base, limit) = heads.first().hot();
+        let nodes = if self.numa { arena.nodes().max(1) } else { 1 };
+        let (base, mut limit) = heads.first().hot();
+        if nodes > 1 {
+            // The plain fast path must miss at once: the NUMA sections take over.
+            limit = &NO_CIDS;
+        }
         Ok(Pool {
             hot: HotWord::from_parts(base, limit),
+            node_hot: (nodes > 1).then(|| heads.first().node_hot()),
             heads,
             init: self.init,
             reset: self.reset,
@@ -227,22 +309,167 @@ impl<T: Send> PoolBuilder<T> {
             batch: batch as u64,
             max_objects: self.max_objects.map_or(u64::MAX, |m| m as u64),
             debug: self.debug,
-            depot: Mutex::new(Depot {
-                chains: Vec::new(),
-                created: 0,
-            }),
+            numa: self.numa,
+            topology: self.topology,
+            depots: (0..nodes).map(|_| Mutex::new(Vec::new())).collect(),
+            created: AtomicU64::new(0),
             slabs: Mutex::new(Vec::new()),
             drain: Mutex::new(()),
         })
     }
 }
 
-/// The shared store of free batches.
-struct Depot {
-    /// Packed chain heads.
-    chains: Vec<u64>,
-    /// Objects created so far (bounded by `max_objects`).
-    created: u64,
+/// Slots made together, freed with the pool: a boxed slice, or (NUMA mode) a mapping
+/// of whole pages bound to the slab's node.
+struct Slab<T> {
+    slots: NonNull<Slot<T>>,
+    len: usize,
+    /// Bytes of the slab's own mapping; 0 for a boxed slice.
+    mapped: usize,
+}
+
+impl<T> Slab<T> {
+    fn boxed(slots: Box<[Slot<T>]>) -> Slab<T> {
+        let len = slots.len();
+        let slots = NonNull::from(Box::leak(slots)).cast::<Slot<T>>();
+        Slab {
+            slots,
+            len,
+            mapped: 0,
+        }
+    }
+
+    fn slots(&self) -> &[Slot<T>] {
+        // SAFETY: `len` initialised slots at `slots`, owned by the slab until it drops.
+        unsafe { std::slice::from_raw_parts(self.slots.as_ptr(), self.len) }
+    }
+
+    /// How many slots a NUMA slab of at least `batch` slots holds: as many as fit
+    /// in the whole pages it maps.
+    fn per_mapping(batch: u64) -> u64 {
+        if cfg!(loom) {
+            return batch;
+        }
+        let size = std::mem::size_of::<Slot<T>>() as u64;
+        let page = crate::numa::memory::page_size() as u64;
+        (batch * size).next_multiple_of(page) / size
+    }
+
+    /// A slab of `n` slots made by `make`, in fresh pages bound to `node` before they
+    /// are touched (first touch, by the calling thread, where binding is off or
+    /// fails). A boxed slice when the mapping fails.
+    #[cfg(not(loom))]
+    fn on_node(n: usize, node: u32, mut make: impl FnMut() -> Slot<T>) -> Slab<T> {
+        let size = std::mem::size_of::<Slot<T>>();
+        let bytes = (n * size).next_multiple_of(crate::numa::memory::page_size());
+        // SAFETY: an anonymous private mapping, checked below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Slab::boxed((0..n).map(|_| make()).collect());
+        }
+        // SAFETY: `map` is the fresh, untouched mapping of `bytes` bytes just made,
+        // owned by this slab; nothing else refers to it yet.
+        let _ = unsafe { crate::numa::memory::bind(map.cast(), bytes, node) };
+        // Page-aligned, and `align_of::<T>() <= MAX_ALIGN` (the page size).
+        let slab = Slab {
+            slots: NonNull::new(map.cast::<Slot<T>>()).expect("mmap gives a non-null address"),
+            len: 0,
+            mapped: bytes,
+        };
+        // If `make` panics, dropping `slab` drops the slots made so far and unmaps.
+        let mut slab = slab;
+        for i in 0..n {
+            let slot = make();
+            // SAFETY: slot `i` is inside the mapping (`n * size <= bytes`), aligned,
+            // and not yet initialised.
+            unsafe { slab.slots.as_ptr().add(i).write(slot) };
+            slab.len = i + 1;
+        }
+        slab
+    }
+
+    /// Under loom there is no node-bound memory: a boxed slice.
+    #[cfg(loom)]
+    fn on_node(n: usize, _node: u32, make: impl FnMut() -> Slot<T>) -> Slab<T> {
+        let mut make = make;
+        Slab::boxed((0..n).map(|_| make()).collect())
+    }
+}
+
+impl<T> Drop for Slab<T> {
+    fn drop(&mut self) {
+        let slots = std::ptr::slice_from_raw_parts_mut(self.slots.as_ptr(), self.len);
+        if self.mapped == 0 {
+            // SAFETY: a boxed slab came from `Box::leak` of a boxed slice of `len`
+            // slots (`Slab::boxed`), given back once.
+            drop(unsafe { Box::from_raw(slots) });
+            return;
+        }
+        // SAFETY: the first `len` slots of the mapping are initialised and owned by
+        // the slab, which is going away: nothing refers to them any more.
+        unsafe { std::ptr::drop_in_place(slots) };
+        #[cfg(not(loom))]
+        // SAFETY: the slab's own mapping of `mapped` bytes (`Slab::on_node`), whose
+        // slots were just dropped.
+        unsafe {
+            libc::munmap(self.slots.as_ptr().cast(), self.mapped)
+        };
+    }
+}
+
+/// Owned slots being chained for the depots, one chain per home node: how batches
+/// go home. A plain pool's slots all have home 0 (one chain).
+struct Homeward {
+    /// `(home, chain)` of the first home seen; `chain` 0 while empty.
+    first: (u32, u64),
+    /// The other homes seen.
+    others: Vec<(u32, u64)>,
+    count: u64,
+}
+
+impl Homeward {
+    fn new() -> Homeward {
+        Homeward {
+            first: (0, 0),
+            others: Vec::new(),
+            count: 0,
+        }
+    }
+
+    /// Adds an owned slot to its home's chain (overwriting its link).
+    fn add<T>(&mut self, slot: &Slot<T>) {
+        let home = slot.home;
+        let group = if self.first.1 == 0 || self.first.0 == home {
+            &mut self.first
+        } else if let Some(i) = self.others.iter().position(|g| g.0 == home) {
+            &mut self.others[i]
+        } else {
+            self.others.push((home, 0));
+            self.others.last_mut().expect("just pushed")
+        };
+        group.0 = home;
+        slot.link.store(group.1, Ordering::Relaxed);
+        group.1 = pack(slot.node(), chain_len(group.1) + 1);
+        self.count += 1;
+    }
+
+    /// Gives each chain to its home's depot.
+    fn send<T: Send>(self, pool: &Pool<T>) {
+        for (home, chain) in std::iter::once(self.first).chain(self.others) {
+            if chain != 0 {
+                lock(pool.depot(home as usize)).push(chain);
+            }
+        }
+    }
 }
 
 /// A pool of `T`s recycled through per-cid caches: see the [module docs](self).
@@ -265,8 +492,12 @@ struct Depot {
 /// });
 /// ```
 pub struct Pool<T> {
-    /// The heads word's fast-path addresses (see `HotWord`).
+    /// The heads word's fast-path addresses (see `HotWord`); in a many-node NUMA
+    /// pool, with a limit that makes every plain section miss (`NO_CIDS`).
     hot: HotWord,
+    /// A NUMA pool on more than one node: the heads word's NUMA fast path (see
+    /// `NodeHotWord`). `None`: the plain sections on plane 0.
+    node_hot: Option<NodeHotWord>,
     heads: Words<'static>,
     init: Init<T>,
     reset: Option<Reset<T>>,
@@ -274,10 +505,17 @@ pub struct Pool<T> {
     batch: u64,
     max_objects: u64,
     debug: bool,
-    depot: Mutex<Depot>,
+    /// NUMA mode: slabs bound to their node, batches sorted by home node.
+    numa: bool,
+    /// Nodes of portable threads (NUMA mode); `None`: the machine's topology.
+    topology: Option<&'static Topology>,
+    /// The depot of each node (one in a plain pool): packed chains, each of slots of
+    /// that home node only.
+    depots: Box<[Mutex<Vec<u64>>]>,
+    /// Objects created so far (bounded by `max_objects`).
+    created: AtomicU64,
     /// Every slot ever created, by slab; freed with the pool.
-    #[allow(clippy::vec_box)] // the slab addresses must not move as the list grows
-    slabs: Mutex<Vec<Box<[Slot<T>]>>>,
+    slabs: Mutex<Vec<Slab<T>>>,
     /// Serialises drains: the drain token is one value, so one drainer at a time.
     drain: Mutex<()>,
 }
@@ -305,6 +543,8 @@ impl<T: Send> Pool<T> {
             max_objects: None,
             debug: cfg!(debug_assertions),
             arena: None,
+            numa: false,
+            topology: None,
         }
     }
 
@@ -343,16 +583,81 @@ impl<T: Send> Pool<T> {
 
     #[inline(always)]
     fn pop(&self) -> Option<&Slot<T>> {
-        // SAFETY: every node on the heads' lists is a slot of this pool, alive as
-        // long as the pool, and only list operations (or a drainer that owns the
-        // list) write the heads and the links of listed slots.
+        // SAFETY: every node on the heads' lists is a slot of this pool, alive as long
+        // as the pool, and only list operations (or a drainer that owns the list)
+        // write the heads and the links of listed slots.
         let node = match unsafe { self.hot.try_list_pop() } {
             Some(node) => node?,
-            // SAFETY: as above.
-            None => unsafe { self.heads().list_pop() }?.0,
+            // A many-node NUMA pool's plain attempt always misses (see `NO_CIDS`).
+            None => match self.node_hot {
+                // SAFETY: as above.
+                None => unsafe { self.heads().list_pop() }?.0,
+                // SAFETY: as above.
+                Some(hot) => unsafe { self.pop_on_node(hot) }?,
+            },
         };
         // SAFETY: a listed node is a slot of this pool.
         Some(unsafe { Slot::from_node(node) })
+    }
+
+    /// A many-node NUMA pool's pop: the NUMA section on the caller's (node, cid).
+    ///
+    /// # Safety
+    /// None beyond the pool's invariants (as in `pop`).
+    #[inline(never)]
+    unsafe fn pop_on_node(&self, hot: NodeHotWord) -> Option<usize> {
+        // SAFETY: as in `pop`.
+        match unsafe { hot.try_list_pop() } {
+            Some(node) => node,
+            // SAFETY: as in `pop`.
+            None => unsafe { self.heads().list_pop_on_node() }.map(|(node, _)| node),
+        }
+    }
+
+    /// A many-node NUMA pool's push (see `pop_on_node`).
+    ///
+    /// # Safety
+    /// `node` is an owned slot of this pool.
+    #[inline(never)]
+    unsafe fn push_on_node(&self, hot: NodeHotWord, node: usize) -> Result<(), ListFull> {
+        // SAFETY: the slot is ours (the caller's contract), aligned and a user-space
+        // address; the lists hold only this pool's slots.
+        match unsafe { hot.try_list_push(node, self.capacity) } {
+            Some(pushed) => pushed,
+            // SAFETY: as above.
+            None => unsafe { self.heads().list_push_on_node(node, self.capacity) }.map(|_| ()),
+        }
+    }
+
+    /// Pops from the caller's cache, in the pool's mode (slow paths).
+    ///
+    /// # Safety
+    /// None beyond the pool's invariants (as in `pop`); `unsafe` only to mark list
+    /// surgery.
+    unsafe fn cache_pop(&self) -> Option<usize> {
+        // SAFETY: as in `pop`.
+        let popped = unsafe {
+            match self.node_hot {
+                None => self.heads().list_pop(),
+                Some(_) => self.heads().list_pop_on_node(),
+            }
+        };
+        popped.map(|(node, _)| node)
+    }
+
+    /// Pushes an owned slot on the caller's cache, in the pool's mode (slow paths).
+    ///
+    /// # Safety
+    /// `node` is an owned slot of this pool.
+    unsafe fn cache_push(&self, node: usize) -> Result<Shard, ListFull> {
+        // SAFETY: the slot is ours (the caller's contract), aligned and a user-space
+        // address; the lists hold only this pool's slots.
+        unsafe {
+            match self.node_hot {
+                None => self.heads().list_push(node, self.capacity),
+                Some(_) => self.heads().list_push_on_node(node, self.capacity),
+            }
+        }
     }
 
     #[inline(always)]
@@ -368,7 +673,7 @@ impl<T: Send> Pool<T> {
     }
 
     /// Moves a slot's debug state, panicking with `what` when it was not `from`.
-    fn transition(&self, slot: &Slot<T>, from: u64, to: u64, what: &str) {
+    fn transition(&self, slot: &Slot<T>, from: u32, to: u32, what: &str) {
         let was = slot.state.swap(to, Ordering::AcqRel);
         if was != from {
             slot.state.store(was, Ordering::Release);
@@ -388,8 +693,9 @@ impl<T: Send> Pool<T> {
             if let Some(slot) = self.pop() {
                 return Some(self.boxed(slot));
             }
-            // The guard must be gone before `install`, which may lock the depot.
-            let chain = self.lock_depot().chains.pop();
+            let node = self.node_now();
+            // The guard must be gone before `install`, which may lock a depot.
+            let chain = lock(self.depot(node)).pop();
             if let Some(chain) = chain {
                 return Some(self.boxed(self.install(chain)));
             }
@@ -397,10 +703,14 @@ impl<T: Send> Pool<T> {
             if self.cached_elsewhere() >= self.batch && self.drain_caches() > 0 {
                 continue;
             }
-            if let Some(chain) = self.grow() {
+            if let Some(chain) = self.grow(node) {
                 return Some(self.boxed(self.install(chain)));
             }
-            // Bounded and every object created: what is parked in caches counts.
+            // Bounded and every object created: what other nodes' depots hold (a
+            // NUMA pool) and what is parked in caches counts.
+            if let Some(chain) = self.steal(node) {
+                return Some(self.boxed(self.install(chain)));
+            }
             if self.drain_caches() > 0 {
                 continue;
             }
@@ -411,9 +721,33 @@ impl<T: Send> Pool<T> {
         }
     }
 
+    /// The depot of node `node` (below the pool's nodes).
+    fn depot(&self, node: usize) -> &Mutex<Vec<u64>> {
+        &self.depots[node]
+    }
+
+    /// The node whose depot and slabs the calling thread uses: the node its NUMA
+    /// sections read (on the portable backend, its CPU's node), 0 beyond the pool's
+    /// nodes, and always 0 in a pool of one node.
+    fn node_now(&self) -> usize {
+        if self.depots.len() == 1 {
+            return 0;
+        }
+        let topology = self.topology.unwrap_or_else(crate::numa::topology);
+        let node = cid::thread_node(|cpu| topology.node_of_cpu(cpu)) as usize;
+        if node < self.depots.len() { node } else { 0 }
+    }
+
+    /// A chain from another node's depot than `node`'s (a NUMA pool at its bound).
+    fn steal(&self, node: usize) -> Option<u64> {
+        (1..self.depots.len())
+            .map(|k| (node + k) % self.depots.len())
+            .find_map(|other| lock(self.depot(other)).pop())
+    }
+
     /// Takes the chain's first slot, and puts the rest in the caller's cache: with
-    /// one section when the cache is empty, else slot by slot; what does not fit
-    /// goes back to the depot.
+    /// one section when the cache is empty (a plain pool), else slot by slot; what
+    /// does not fit goes back to the depot of the chain's home.
     fn install(&self, chain: u64) -> &Slot<T> {
         let first_node = chain_node(chain);
         // SAFETY: chains hold slots of this pool, owned by the caller.
@@ -422,7 +756,7 @@ impl<T: Send> Pool<T> {
         if chain_len(rest) == 0 {
             return first;
         }
-        if self.heads().compare_store(0, rest).is_ok() {
+        if self.node_hot.is_none() && self.heads().compare_store(0, rest).is_ok() {
             return first;
         }
         while chain_len(rest) > 0 {
@@ -430,9 +764,8 @@ impl<T: Send> Pool<T> {
             // SAFETY: `node` is an owned slot of this pool.
             let slot = unsafe { Slot::<T>::from_node(node) };
             let next = slot.link.load(Ordering::Acquire);
-            // SAFETY: the slot is ours, 8-byte aligned and below 2^48 (a user-space
-            // address); the lists hold only this pool's slots.
-            if unsafe { self.heads().list_push(node, self.capacity) }.is_err() {
+            // SAFETY: the slot is ours.
+            if unsafe { self.cache_push(node) }.is_err() {
                 // An aborted attempt may have written the link before the one that
                 // found the cache full: relink the slot to the rest of the chain.
                 slot.link.store(next, Ordering::Relaxed);
@@ -441,7 +774,8 @@ impl<T: Send> Pool<T> {
             rest = next;
         }
         if chain_len(rest) > 0 {
-            self.lock_depot().chains.push(rest);
+            // A depot's chains hold slots of its node only: the rest goes back there.
+            lock(self.depot(first.home as usize)).push(rest);
         }
         first
     }
@@ -451,37 +785,48 @@ impl<T: Send> Pool<T> {
         list::cached(self.heads())
     }
 
-    /// A new slab of at most a batch of objects, as a chain, or `None` when the pool
-    /// has created `max_objects`.
-    fn grow(&self) -> Option<u64> {
-        let n = {
-            let mut depot = self.lock_depot();
-            let n = self.batch.min(self.max_objects - depot.created);
-            if n == 0 {
-                return None;
-            }
-            depot.created += n;
-            n
+    /// A new slab as a chain, or `None` when the pool has created `max_objects`: a
+    /// batch of objects, or in NUMA mode as many as fill the slab's pages, bound to
+    /// node `node`.
+    fn grow(&self, node: usize) -> Option<u64> {
+        let want = if self.numa {
+            Slab::<T>::per_mapping(self.batch)
+        } else {
+            self.batch
         };
+        let max = self.max_objects;
+        let before = self
+            .created
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                let n = want.min(max - c);
+                (n > 0).then_some(c + n)
+            })
+            .ok()?;
+        let n = want.min(max - before);
         // User code (init) runs with no lock held. If it panics, the values made so
         // far are dropped and the reservation is given back.
-        struct Reserved<'a>(&'a Mutex<Depot>, u64);
+        struct Reserved<'a>(&'a AtomicU64, u64);
         impl Drop for Reserved<'_> {
             fn drop(&mut self) {
-                lock(self.0).created -= self.1;
+                self.0.fetch_sub(self.1, Ordering::AcqRel);
             }
         }
-        let reserved = Reserved(&self.depot, n);
-        let slab: Box<[Slot<T>]> = (0..n)
-            .map(|_| Slot {
-                link: AtomicU64::new(0),
-                state: AtomicU64::new(FREE),
-                value: UnsafeCell::new((self.init)()),
-            })
-            .collect();
+        let reserved = Reserved(&self.created, n);
+        let home = node as u32;
+        let make = || Slot {
+            link: AtomicU64::new(0),
+            state: AtomicU32::new(FREE),
+            home,
+            value: UnsafeCell::new((self.init)()),
+        };
+        let slab = if self.numa {
+            Slab::on_node(n as usize, home, make)
+        } else {
+            Slab::boxed((0..n).map(|_| make()).collect())
+        };
         std::mem::forget(reserved);
         let mut chain = 0u64;
-        for (i, slot) in slab.iter().enumerate().rev() {
+        for (i, slot) in slab.slots().iter().enumerate().rev() {
             slot.link.store(chain, Ordering::Relaxed);
             chain = pack(slot.node(), n - i as u64);
         }
@@ -491,39 +836,66 @@ impl<T: Send> Pool<T> {
         Some(chain)
     }
 
-    /// Moves every cache that holds objects to the depot (see the module docs).
-    /// Returns how many objects moved.
+    /// Moves every cache that holds objects to the depots (see the module docs);
+    /// a NUMA pool sorts each cache's objects by home node. Returns how many
+    /// objects moved.
     fn drain_caches(&self) -> u64 {
         let _one_drainer = lock(&self.drain);
-        list::drain(self.heads(), |chain| self.lock_depot().chains.push(chain))
+        if !self.numa {
+            return list::drain(self.heads(), |chain| lock(self.depot(0)).push(chain));
+        }
+        list::drain(self.heads(), |chain| {
+            let mut homeward = Homeward::new();
+            let mut rest = chain;
+            while chain_len(rest) > 0 {
+                // SAFETY: the drained list is ours: slots of this pool.
+                let slot = unsafe { Slot::<T>::from_node(chain_node(rest)) };
+                rest = slot.link.load(Ordering::Acquire);
+                homeward.add(slot);
+            }
+            homeward.send(self);
+        })
     }
 
     /// Moves every object parked in the cid caches to the depot, so that a thread
     /// on any cid can reuse them (after a burst, or before a phase that runs on
-    /// other CPUs). Costs an rseq fence per non-empty cache.
+    /// other CPUs). Costs an rseq fence per non-empty cache. A NUMA pool sends each
+    /// object to its home node's depot.
     pub fn trim(&self) {
         self.drain_caches();
     }
 
     /// Objects created so far (in use or free).
     pub fn created(&self) -> usize {
-        self.lock_depot().created as usize
+        self.created.load(Ordering::Acquire) as usize
     }
 
-    /// Objects parked in the cid caches and in the depot (a racy snapshot).
+    /// Objects parked in the cid caches and in the depots (a racy snapshot).
     pub fn idle(&self) -> usize {
-        let depot: u64 = self.lock_depot().chains.iter().map(|&c| chain_len(c)).sum();
-        (depot + self.cached_elsewhere()) as usize
+        let depots: usize = (0..self.depots.len()).map(|n| self.idle_on_node(n)).sum();
+        depots + self.cached_elsewhere() as usize
+    }
+
+    /// Objects in the depot of NUMA node `node` (a racy snapshot; 0 for a node the
+    /// pool does not have): after [`Pool::trim`], the idle objects whose memory is
+    /// on that node. A plain pool has one depot, node 0's.
+    pub fn idle_on_node(&self, node: usize) -> usize {
+        match self.depots.get(node) {
+            Some(depot) => lock(depot).iter().map(|&c| chain_len(c)).sum::<u64>() as usize,
+            None => 0,
+        }
+    }
+
+    /// NUMA nodes the pool keeps depots and slabs for: the planes of its arena in
+    /// NUMA mode, 1 otherwise.
+    pub fn nodes(&self) -> usize {
+        self.depots.len()
     }
 
     /// Objects parked in the cid caches (a racy snapshot): at most `capacity ×`
     /// the cids (and lanes) used.
     pub fn cached(&self) -> usize {
         self.cached_elsewhere() as usize
-    }
-
-    fn lock_depot(&self) -> MutexGuard<'_, Depot> {
-        lock(&self.depot)
     }
 
     /// Returns a slot: its value is reset, then pushed on the caller's cache, or
@@ -542,8 +914,13 @@ impl<T: Send> Pool<T> {
         // only this pool's slots.
         let pushed = match unsafe { self.hot.try_list_push(slot.node(), self.capacity) } {
             Some(pushed) => pushed,
-            // SAFETY: as above.
-            None => unsafe { self.heads().list_push(slot.node(), self.capacity) }.map(|_| ()),
+            // A many-node NUMA pool's plain attempt always misses (see `NO_CIDS`).
+            None => match self.node_hot {
+                // SAFETY: as above.
+                None => unsafe { self.heads().list_push(slot.node(), self.capacity) }.map(|_| ()),
+                // SAFETY: as above.
+                Some(hot) => unsafe { self.push_on_node(hot, slot.node()) },
+            },
         };
         if let Err(ListFull) = pushed {
             self.spill(slot);
@@ -551,23 +928,21 @@ impl<T: Send> Pool<T> {
     }
 
     /// The cache is full: `slot` and up to `batch - 1` objects of the cache go to the
-    /// depot as one chain.
+    /// depots, one chain per home node (one chain in a plain pool).
     #[cold]
     #[inline(never)]
     fn spill(&self, slot: &Slot<T>) {
-        slot.link.store(0, Ordering::Relaxed);
-        let mut chain = pack(slot.node(), 1);
-        while chain_len(chain) < self.batch {
+        let mut homeward = Homeward::new();
+        homeward.add(slot);
+        while homeward.count < self.batch {
             // SAFETY: as in `pop`.
-            let Some((node, _)) = (unsafe { self.heads().list_pop() }) else {
+            let Some(node) = (unsafe { self.cache_pop() }) else {
                 break;
             };
             // SAFETY: a listed node is a slot of this pool, now ours.
-            let popped = unsafe { Slot::<T>::from_node(node) };
-            popped.link.store(chain, Ordering::Relaxed);
-            chain = pack(node, chain_len(chain) + 1);
+            homeward.add(unsafe { Slot::<T>::from_node(node) });
         }
-        self.lock_depot().chains.push(chain);
+        homeward.send(self);
     }
 }
 
@@ -586,7 +961,9 @@ impl<T> fmt::Debug for Pool<T> {
         f.debug_struct("Pool")
             .field("capacity", &self.capacity)
             .field("batch", &self.batch)
-            .field("created", &lock(&self.depot).created)
+            .field("numa", &self.numa)
+            .field("nodes", &self.depots.len())
+            .field("created", &self.created.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -597,7 +974,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn state_name(state: u64) -> &'static str {
+fn state_name(state: u32) -> &'static str {
     match state {
         FREE => "free",
         BOXED => "in a PoolBox",
@@ -629,6 +1006,14 @@ impl<'a, T: Send> PoolBox<'a, T> {
         unsafe { self.slot.as_ref() }
     }
 
+    /// The NUMA node whose memory holds the object: the node its slab was made for
+    /// (in a NUMA pool, the node of the thread whose get grew the pool), 0 in a plain
+    /// pool. The object goes home to that node's depot in batches (see
+    /// [NUMA mode](self#numa-mode)).
+    pub fn node(this: &Self) -> u32 {
+        this.slot().home
+    }
+
     /// Gives up the box without returning the object: a pointer to the value, for
     /// [`PoolBox::from_raw`]. An object never given back stays in use (and is
     /// dropped with the pool).
@@ -657,8 +1042,9 @@ impl<'a, T: Send> PoolBox<'a, T> {
         let node = (ptr as usize).wrapping_sub(offset);
         if pool.debug {
             let known = lock(&pool.slabs).iter().any(|slab| {
-                let start = slab.as_ptr() as usize;
-                let end = start + std::mem::size_of_val(&**slab);
+                let slots = slab.slots();
+                let start = slots.as_ptr() as usize;
+                let end = start + std::mem::size_of_val(slots);
                 (start..end).contains(&node)
                     && (node - start).is_multiple_of(std::mem::size_of::<Slot<T>>())
             });

@@ -63,6 +63,26 @@ mod portable_only {
 
     /// # Safety
     /// None needed: nothing is accessed.
+    pub(crate) unsafe fn numa_list_pop(
+        _: SectionSite,
+        _: usize,
+    ) -> (SectionStatus, u32, u32, usize) {
+        (SectionStatus::Aborted, 0, 0, 0)
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
+    pub(crate) unsafe fn numa_list_push(
+        _: SectionSite,
+        _: usize,
+        _: usize,
+        _: u64,
+    ) -> (SectionStatus, u32, u32) {
+        (SectionStatus::Aborted, 0, 0)
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
     pub(crate) unsafe fn load_cbne_store(
         _: SectionSite,
         _: *mut u64,

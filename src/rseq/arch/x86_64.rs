@@ -110,7 +110,8 @@ macro_rules! section_start {
 /// the index, both read inside the section: the node is checked against the
 /// directory's plane count, the index against that plane's limit. Leaves the node in
 /// `{nd}`, the index in `{idx}` and the address of unit (node, index) in `{off}`.
-/// `numa_section_start!(fails)` also lists the failure exit.
+///
+/// `numa_section_start!(fails)` also lists the failure exit (label 9).
 ///
 /// The node is read for locality, not for exclusivity: the index alone is unique
 /// among running threads, so unit (n, c) belongs to cid c whatever n a thread reads.
@@ -715,4 +716,129 @@ pub(crate) unsafe fn numa_load_add_store_committed(cpu: SectionSite, woff: usize
         )
     };
     committed
+}
+
+/// `numa_list_pop`: [`list_pop`] on the head word of unit (node, idx), the node and
+/// the index both read inside the section (as [`numa_load_add_store`]); `woff` is the
+/// head word's byte offset in its unit.
+///
+/// Returns the status, the node, the index and the popped node's address.
+///
+/// # Safety
+/// As for [`numa_load_add_store`]; moreover every node reachable from a head word is
+/// a readable, 8-byte aligned word (its link) that nobody frees while it is listed.
+#[inline(always)]
+pub(crate) unsafe fn numa_list_pop(
+    cpu: SectionSite,
+    woff: usize,
+) -> (SectionStatus, u32, u32, usize) {
+    let st: u32;
+    let idx: u32;
+    let nd: u32;
+    let item: usize;
+    // SAFETY: the caller guarantees the area, fields, directory, every unit word it
+    // covers and the listed nodes; the section reads the first node's link and writes
+    // only `rseq_cs` and the head word.
+    unsafe {
+        asm!(
+            numa_section_start!(fails),
+            "add {off}, {woff}",
+            // `t` is free once the unit is found: it holds the head.
+            "mov {t}, qword ptr [{off}]",
+            "mov {item}, {t}",
+            "shl {item}, 16",
+            "shr {item}, 16",
+            "test {item}, {item}",
+            "jz 9f",
+            "mov {t}, qword ptr [{item}]",
+            "mov qword ptr [{off}], {t}",
+            section_end!(),
+            area = in(reg) cpu.area,
+            index = in(reg) cpu.index,
+            node = in(reg) cpu.node,
+            dir = in(reg) cpu.dir,
+            woff = in(reg) woff,
+            idx = out(reg) idx,
+            nd = out(reg) nd,
+            off = out(reg) _,
+            t = out(reg) _,
+            item = out(reg) item,
+            st = lateout(reg) st,
+            cs_field = const abi::offset::RSEQ_CS,
+            cpu_field = const abi::offset::CPU_ID,
+            shift = const UNIT_SHIFT,
+            slot_shift = const DIR_SLOT_SHIFT,
+            dir_planes = const DIR_PLANES,
+            dir_base = const DIR_BASE,
+            dir_limit = const DIR_LIMIT,
+            sig = const abi::SIGNATURE,
+            options(nostack),
+        )
+    };
+    (SectionStatus::from_raw(st), nd, idx, item)
+}
+
+/// `numa_list_push`: [`list_push`] on the head word of unit (node, idx), the node and
+/// the index both read inside the section (as [`numa_load_add_store`]); `woff` is the
+/// head word's byte offset in its unit.
+///
+/// Returns the status, the node and the index.
+///
+/// # Safety
+/// As for [`numa_load_add_store`]; `item` is an 8-byte aligned, writable word below
+/// 2^48 owned by the caller, and `max_len` is below 2^16.
+#[inline(always)]
+pub(crate) unsafe fn numa_list_push(
+    cpu: SectionSite,
+    woff: usize,
+    item: usize,
+    max_len: u64,
+) -> (SectionStatus, u32, u32) {
+    let st: u32;
+    let idx: u32;
+    let nd: u32;
+    // SAFETY: the caller guarantees the area, fields, directory and every unit word it
+    // covers; the section writes the caller's private node, `rseq_cs` and the head
+    // word.
+    unsafe {
+        asm!(
+            numa_section_start!(fails),
+            "add {off}, {woff}",
+            // `t` is free once the unit is found: it holds the head.
+            "mov {t}, qword ptr [{off}]",
+            "mov {len}, {t}",
+            "shr {len}, 48",
+            "cmp {len}, {max}",
+            "jae 9f",
+            "mov qword ptr [{item}], {t}",
+            "inc {len}",
+            "shl {len}, 48",
+            "or {len}, {item}",
+            "mov qword ptr [{off}], {len}",
+            section_end!(),
+            area = in(reg) cpu.area,
+            index = in(reg) cpu.index,
+            node = in(reg) cpu.node,
+            dir = in(reg) cpu.dir,
+            woff = in(reg) woff,
+            item = in(reg) item,
+            max = in(reg) max_len,
+            idx = out(reg) idx,
+            nd = out(reg) nd,
+            off = out(reg) _,
+            t = out(reg) _,
+            len = out(reg) _,
+            st = lateout(reg) st,
+            cs_field = const abi::offset::RSEQ_CS,
+            cpu_field = const abi::offset::CPU_ID,
+            shift = const UNIT_SHIFT,
+            slot_shift = const DIR_SLOT_SHIFT,
+            dir_planes = const DIR_PLANES,
+            dir_base = const DIR_BASE,
+            dir_limit = const DIR_LIMIT,
+            sig = const abi::SIGNATURE,
+            options(nostack),
+        )
+    };
+    (SectionStatus::from_raw(st), nd, idx)
 }
