@@ -18,6 +18,7 @@ pub mod getcpu;
 mod larson;
 pub(crate) mod peers;
 pub mod pool;
+pub mod ring;
 
 /// The larson peak-memory child (`percid bench larson-rss ALLOC THREADS OPS`).
 pub fn larson_rss_child(alloc: &str, threads: usize, ops: u64) -> Result<String, String> {
@@ -53,13 +54,14 @@ impl Bench {
 }
 
 /// Every benchmark `percid bench` knows, in the order the usage text lists them.
-pub const BENCHES: &[Bench] = &[getcpu::BENCH, counter::BENCH, pool::BENCH];
+pub const BENCHES: &[Bench] = &[getcpu::BENCH, counter::BENCH, pool::BENCH, ring::BENCH];
 
 /// Goals set for some ratios, by benchmark. Kept beside [`BENCHES`] rather than in
 /// [`Ratio`] or [`Bench`] so benchmarks without goals need not say so.
 const TARGETS: &[(&str, &[Target])] = &[
     (counter::BENCH.name, &counter::TARGETS),
     (pool::BENCH.name, &pool::TARGETS),
+    (ring::BENCH.name, &ring::TARGETS),
 ];
 
 /// A value a ratio should reach. The report shows it beside the measured ratio and
