@@ -1,5 +1,8 @@
 //! Helpers shared by the criterion benches (included with `mod support;`).
 
+// Each bench uses a subset.
+#![allow(dead_code)]
+
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -7,16 +10,26 @@ use std::time::{Duration, Instant};
 /// first thread's start after a barrier to the last one's end (spawning excluded).
 pub fn wall_time(threads: u64, iters: u64, op: &(impl Fn() + Sync)) -> Duration {
     let per_thread = iters.div_ceil(threads);
-    let barrier = Barrier::new(threads as usize);
+    wall_time_each(threads as usize, &|_| {
+        for _ in 0..per_thread {
+            op();
+        }
+    })
+}
+
+/// Wall time for `threads` threads to each run `run(thread_index)`, from the first
+/// thread's start after a barrier to the last one's end (spawning excluded): for
+/// workloads whose threads differ, such as producers and a consumer.
+pub fn wall_time_each(threads: usize, run: &(impl Fn(usize) + Sync)) -> Duration {
+    let barrier = Barrier::new(threads);
     let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
+            .map(|t| {
+                let barrier = &barrier;
+                s.spawn(move || {
                     barrier.wait();
                     let start = Instant::now();
-                    for _ in 0..per_thread {
-                        op();
-                    }
+                    run(t);
                     (start, Instant::now())
                 })
             })

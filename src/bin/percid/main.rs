@@ -194,6 +194,7 @@ mod tests {
         for h in ["help", "--help", "-h"] {
             let text = dispatch(&args(&[h])).ok().expect("help works");
             assert!(text.contains("percid bench NAME") && text.contains("getcpu"));
+            assert!(text.contains("ring") && text.contains("MPSC"));
         }
     }
 
