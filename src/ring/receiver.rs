@@ -16,6 +16,16 @@ use std::task::{Context, Poll};
 /// before returning them to the senders.
 const BURST: u32 = if cfg!(loom) { 2 } else { 32 };
 
+/// Blocked senders woken per slots freed: a woken sender finds room for a run.
+const WAKE_SLOTS: u64 = 16;
+
+/// Empty checks an async receive spins through within one poll.
+const ASYNC_SPINS: u32 = if cfg!(loom) { 0 } else { 16 };
+
+/// Polls an async receive answers `Pending` with an immediate wake (a yield to the
+/// runtime) before it really sleeps.
+const YIELD_POLLS: u32 = if cfg!(loom) { 0 } else { 8 };
+
 /// Empty polls a blocking `recv` spins (then yields) before it sleeps.
 const SPINS: u32 = if cfg!(loom) { 0 } else { 64 };
 
@@ -30,6 +40,12 @@ pub struct Receiver<T> {
     burst: u32,
     /// `shard_count` when `rings` was last brought up to date.
     known: u32,
+    /// Slots published since blocked senders were last looked for.
+    freed: u64,
+    /// Look for blocked senders once this many slots were freed (half a ring).
+    wake_every: u64,
+    /// Polls in a row that yielded to the runtime instead of sleeping.
+    idle_polls: u32,
 }
 
 // SAFETY: the raw pointers in `rings` are addresses of words in the channel's arena
@@ -55,12 +71,16 @@ struct SubRing {
 
 impl<T> Receiver<T> {
     pub(super) fn new(chan: Arc<Chan<T>>) -> Receiver<T> {
+        let wake_every = (chan.capacity / 2).max(1);
         let mut rx = Receiver {
             chan,
             rings: Vec::new(),
             cursor: 0,
             burst: 0,
             known: 0,
+            freed: 0,
+            wake_every,
+            idle_polls: 0,
         };
         rx.refresh();
         rx
@@ -154,11 +174,28 @@ impl<T> Receiver<T> {
                 return Poll::Pending;
             }
         }
-        match self.try_recv() {
-            Ok(v) => return Poll::Ready(Ok(v)),
-            Err(TryRecvError::Disconnected) => return Poll::Ready(Err(RecvError)),
-            Err(TryRecvError::Empty) => {}
+        for spin in 0..=ASYNC_SPINS {
+            match self.try_recv() {
+                Ok(v) => {
+                    self.idle_polls = 0;
+                    return Poll::Ready(Ok(v));
+                }
+                Err(TryRecvError::Disconnected) => return Poll::Ready(Err(RecvError)),
+                Err(TryRecvError::Empty) => {}
+            }
+            if spin < ASYNC_SPINS {
+                spin_loop();
+            }
         }
+        if self.idle_polls < YIELD_POLLS {
+            // Give the runtime back before sleeping: a sleep and its wake-up cost
+            // the senders a system call each, and values usually come within a few
+            // polls while they are sending.
+            self.idle_polls += 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.idle_polls = 0;
         self.chan.rx.0.register_waker(cx.waker());
         self.chan.rx.0.prepare_sleep(self.chan.fence);
         match self.try_recv() {
@@ -239,11 +276,9 @@ impl<T> Receiver<T> {
                 if let Some(v) = self.take(i) {
                     let shard = self.rings[i].shard;
                     self.burst += 1;
-                    if self.burst >= BURST || self.chan.tx.0.anyone_waiting() {
+                    if self.burst >= BURST {
                         self.publish(i);
-                        if self.burst >= BURST {
-                            self.advance();
-                        }
+                        self.advance();
                     }
                     return Some((v, shard));
                 }
@@ -255,7 +290,8 @@ impl<T> Receiver<T> {
                 break;
             }
         }
-        // Everything is empty: every sender that waits may go.
+        // Everything is empty (and published): every sender that waits may go.
+        self.freed = 0;
         self.chan.tx.0.notify(u64::MAX);
         None
     }
@@ -304,7 +340,11 @@ impl<T> Receiver<T> {
             // SAFETY: as in `take`.
             unsafe { &*r.head }.store(r.next, Ordering::Release);
             r.published = r.next;
-            self.chan.tx.0.notify(freed);
+            self.freed += freed;
+            if self.freed >= self.wake_every {
+                self.chan.tx.0.notify((self.freed / WAKE_SLOTS).max(1));
+                self.freed = 0;
+            }
         }
     }
 

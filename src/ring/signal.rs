@@ -24,16 +24,18 @@
 //! A sender whose sub-ring is full registers in [`TxSignal`] (a `SeqCst`
 //! increment), fences, retries and only then sleeps. The consumer, after publishing
 //! a ring's head, fences and reads the count: either it sees the sender, or the
-//! sender's retry sees the new head. It wakes as many senders as it freed slots
+//! sender's retry sees the new head. The consumer checks once it freed a good part
+//! of a ring (half a ring's slots since its last check), so that a woken sender finds
+//! room for a run of sends rather than one, and wakes one sender per 16 slots freed
 //! (first come, first woken); a woken sender that fails again (it moved to another
 //! cid whose ring is still full) registers again. When the consumer runs out of
-//! work it wakes them all: every ring is empty then.
+//! work it publishes everything and wakes them all: every ring is empty then.
 //!
 //! The waiter of an end is kept (cloned, not taken) by a waker: a wake that races
 //! with a new registration wakes the newer waiter, which rechecks.
 
 use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, Thread, fence};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::task::Waker;
 
 /// The consumer runs (or is about to check the rings).
@@ -180,10 +182,20 @@ impl RxSignal {
 /// The senders' side: who waits for a free slot.
 #[derive(Debug)]
 pub(super) struct TxSignal {
-    /// Registered waiters; read by the consumer after every publication.
+    /// Registered waiters; read by the consumer after it publishes.
     waiting: AtomicU64,
     next_id: AtomicU64,
-    waiters: Mutex<VecDeque<(u64, Waiter)>>,
+    waiters: Mutex<Waiters>,
+}
+
+/// Waiters by registration id, and the order they came in. A woken or unregistered
+/// id leaves the map at once and the queue lazily (skipped when popped, swept when
+/// stale ids outnumber live ones), so every operation is O(1) amortised however
+/// many tasks wait.
+#[derive(Debug, Default)]
+struct Waiters {
+    by_id: HashMap<u64, Waiter>,
+    order: VecDeque<u64>,
 }
 
 impl TxSignal {
@@ -191,7 +203,7 @@ impl TxSignal {
         TxSignal {
             waiting: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
-            waiters: Mutex::new(VecDeque::new()),
+            waiters: Mutex::new(Waiters::default()),
         }
     }
 
@@ -205,14 +217,15 @@ impl TxSignal {
     /// before the consumer read the count.
     pub(super) fn register(&self, id: u64, waiter: &Waiter) {
         let mut waiters = lock(&self.waiters);
-        match waiters.iter_mut().find(|(i, _)| *i == id) {
-            Some((_, w)) => {
+        match waiters.by_id.get_mut(&id) {
+            Some(w) => {
                 if !w.same_as(waiter) {
                     *w = waiter.clone();
                 }
             }
             None => {
-                waiters.push_back((id, waiter.clone()));
+                waiters.by_id.insert(id, waiter.clone());
+                waiters.order.push_back(id);
                 self.waiting.fetch_add(1, Ordering::SeqCst);
             }
         }
@@ -223,40 +236,39 @@ impl TxSignal {
     /// Removes registration `id`, if a waker did not.
     pub(super) fn unregister(&self, id: u64) {
         let mut waiters = lock(&self.waiters);
-        if let Some(i) = waiters.iter().position(|(w, _)| *w == id) {
-            waiters.remove(i);
+        if waiters.by_id.remove(&id).is_some() {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
+            if waiters.order.len() > 2 * waiters.by_id.len() + 32 {
+                let Waiters { by_id, order } = &mut *waiters;
+                order.retain(|i| by_id.contains_key(i));
+            }
         }
     }
 
-    /// Whether a sender waits (a hint: the consumer then publishes at once).
+    /// Called by the consumer after it published freed slots: wakes up to `n`
+    /// waiters, first come first woken (all of them for `u64::MAX`).
     #[inline(always)]
-    pub(super) fn anyone_waiting(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed) != 0
-    }
-
-    /// Called by the consumer after it published freed slots: wakes up to `freed`
-    /// waiters (all of them for `u64::MAX`).
-    #[inline(always)]
-    pub(super) fn notify(&self, freed: u64) {
+    pub(super) fn notify(&self, n: u64) {
         fence(Ordering::SeqCst);
         if self.waiting.load(Ordering::Relaxed) != 0 {
-            self.wake(freed);
+            self.wake(n);
         }
     }
 
     #[cold]
     #[inline(never)]
-    pub(super) fn wake(&self, freed: u64) {
+    pub(super) fn wake(&self, n: u64) {
         let mut woken = Vec::new();
         {
             let mut waiters = lock(&self.waiters);
-            while (woken.len() as u64) < freed {
-                let Some((_, w)) = waiters.pop_front() else {
+            while (woken.len() as u64) < n {
+                let Some(id) = waiters.order.pop_front() else {
                     break;
                 };
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
-                woken.push(w);
+                if let Some(w) = waiters.by_id.remove(&id) {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    woken.push(w);
+                }
             }
         }
         for w in woken {
