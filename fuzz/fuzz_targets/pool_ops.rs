@@ -4,14 +4,18 @@
 //! The process runs the simulated backend. Each input builds a `Pool` of counted,
 //! tagged objects with a fuzzed cache capacity (1..=8), batch (1..=capacity) and
 //! optional bound (1..=16 objects), on an arena of 4 cids and 2 lanes shared by the
-//! whole process. Each step moves the thread to a cid (4 and 5 are beyond the arena:
-//! the lane fallback), sets an abort rate, and gets, drops, trims, or sends an object
-//! through `into_raw` / `from_raw`. After every step:
+//! whole process, or in NUMA mode on a NUMA arena of 2 nodes. Each step moves the
+//! thread to a cid (4 and 5 are beyond the arena: the lane fallback) and, in NUMA
+//! mode, to a node (2 is beyond the arena: the lane too), sets an abort rate, and
+//! gets, drops, trims, or sends an object through `into_raw` / `from_raw`. After
+//! every step:
 //!
 //! * no object is handed out while held (its tag says who holds it);
 //! * every object is either held by the model or idle in the pool:
 //!   `pool.idle() + held == pool.created()`, and `created <= bound`;
-//! * caches hold at most `capacity` objects per cid and lane;
+//! * caches hold at most `capacity` objects per cid (per node) and lane;
+//! * in NUMA mode, every object's home is one of the arena's nodes, and after a
+//!   trim every idle object is in a node's depot;
 //! * a bounded pool at its bound with every object held refuses `try_get`, and with
 //!   an object free anywhere finds it.
 //!
@@ -22,12 +26,17 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use percid::cid::Arena;
 use percid::pool::{Pool, PoolBox};
-use percid::testing::{seed_simulated_aborts, set_simulated_abort_rate, set_simulated_cid};
+use percid::testing::{
+    seed_simulated_aborts, set_simulated_abort_rate, set_simulated_cid, set_simulated_node,
+};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 const STEP_CIDS: u8 = 6;
+const STEP_NODES: u8 = 3;
+const NODES: usize = 2;
 const UNITS: usize = 4 + 2;
+const NUMA_UNITS: usize = 4 * NODES + 2;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -45,12 +54,14 @@ enum Op {
 #[derive(Arbitrary, Debug)]
 struct Step {
     cid: u8,
+    node: u8,
     abort_rate: u8,
     op: Op,
 }
 
 #[derive(Arbitrary, Debug)]
 struct Input {
+    numa: bool,
     capacity: u8,
     batch: u8,
     bound: Option<u8>,
@@ -83,6 +94,11 @@ fn arena() -> &'static Arena {
     ARENA.get_or_init(|| Box::leak(Box::new(Arena::with_capacity(4, 2))))
 }
 
+fn numa_arena() -> &'static Arena {
+    static ARENA: OnceLock<&'static Arena> = OnceLock::new();
+    ARENA.get_or_init(|| Box::leak(Box::new(Arena::with_nodes(4, 2, NODES as u32))))
+}
+
 fuzz_target!(
     init: {
         // SAFETY: set before any thread exists and before percid reads it.
@@ -104,7 +120,9 @@ fn run(input: &Input) {
         .capacity(capacity)
         .batch(batch)
         .debug(true)
-        .arena(arena());
+        .numa(input.numa)
+        .arena(if input.numa { numa_arena() } else { arena() });
+    let units = if input.numa { NUMA_UNITS } else { UNITS };
     if let Some(bound) = bound {
         builder = builder.max_objects(bound);
     }
@@ -114,6 +132,7 @@ fn run(input: &Input) {
 
     for step in &input.steps {
         set_simulated_cid(u32::from(step.cid % STEP_CIDS));
+        set_simulated_node(u32::from(step.node % STEP_NODES));
         set_simulated_abort_rate(u32::from(step.abort_rate) * 4);
         match step.op {
             Op::Get | Op::TryGet => {
@@ -126,6 +145,10 @@ fn run(input: &Input) {
                     Some(mut b) => {
                         assert!(!at_bound, "a bounded pool gave an object beyond its bound");
                         assert_eq!(b.holder, 0, "an object handed out while held");
+                        assert!(
+                            (PoolBox::node(&b) as usize) < NODES,
+                            "an object whose home is no node of the arena"
+                        );
                         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
                         b.holder = id;
                         held.push((b, id));
@@ -154,10 +177,18 @@ fn run(input: &Input) {
             Op::Trim => {
                 pool.trim();
                 assert_eq!(pool.cached(), 0, "trim left objects in the caches");
+                if input.numa {
+                    let homed: usize = (0..pool.nodes()).map(|n| pool.idle_on_node(n)).sum();
+                    assert_eq!(
+                        homed,
+                        pool.idle(),
+                        "idle objects outside the depots after a trim"
+                    );
+                }
             }
             _ => {}
         }
-        check(&pool, held.len() + raw.len(), capacity, bound);
+        check(&pool, held.len() + raw.len(), capacity, bound, units);
     }
     // Raw objects never given back are dropped with the pool.
     for (b, _) in &mut held {
@@ -167,7 +198,7 @@ fn run(input: &Input) {
     drop(pool);
 }
 
-fn check(pool: &Pool<Obj>, in_use: usize, capacity: usize, bound: Option<usize>) {
+fn check(pool: &Pool<Obj>, in_use: usize, capacity: usize, bound: Option<usize>, units: usize) {
     let created = pool.created();
     assert_eq!(
         pool.idle() + in_use,
@@ -186,7 +217,7 @@ fn check(pool: &Pool<Obj>, in_use: usize, capacity: usize, bound: Option<usize>)
         );
     }
     assert!(
-        pool.cached() <= capacity * UNITS,
+        pool.cached() <= capacity * units,
         "caches hold {} objects, more than {capacity} per cid and lane",
         pool.cached()
     );

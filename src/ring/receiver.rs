@@ -9,6 +9,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// Values taken from one ring before the receiver moves on to the next: bounds how
 /// long a busy ring can keep the others waiting (at most `BURST × rings` values
@@ -19,15 +20,16 @@ const BURST: u32 = if cfg!(loom) { 2 } else { 32 };
 /// Blocked senders woken per slots freed: a woken sender finds room for a run.
 const WAKE_SLOTS: u64 = 16;
 
-/// Empty checks an async receive spins through within one poll.
-const ASYNC_SPINS: u32 = if cfg!(loom) { 0 } else { 16 };
+/// Empty checks a receive spins through (with a pause each) before it starts
+/// yielding.
+const SPINS: u32 = if cfg!(loom) { 0 } else { 16 };
 
-/// Polls an async receive answers `Pending` with an immediate wake (a yield to the
-/// runtime) before it really sleeps.
-const YIELD_POLLS: u32 = if cfg!(loom) { 0 } else { 8 };
-
-/// Empty polls a blocking `recv` spins (then yields) before it sleeps.
-const SPINS: u32 = if cfg!(loom) { 0 } else { 64 };
+/// How long a receive that finds the rings empty keeps looking (yielding the thread,
+/// or the task to its runtime) before it sleeps. A sleep costs the next sender a
+/// system call to wake the receiver, and a receiver that sleeps as soon as it has
+/// caught up is woken again by nearly every send: the two then take turns, one value
+/// each. Staying awake this long lets a run of sends pile up first.
+const IDLE_BUDGET: Duration = Duration::from_micros(if cfg!(loom) { 0 } else { 50 });
 
 /// The receiving end of a [`channel`](super::channel): `Send`, not `Clone` (one
 /// consumer), every method takes `&mut self`.
@@ -44,8 +46,8 @@ pub struct Receiver<T> {
     freed: u64,
     /// Look for blocked senders once this many slots were freed (half a ring).
     wake_every: u64,
-    /// Polls in a row that yielded to the runtime instead of sleeping.
-    idle_polls: u32,
+    /// When an async receive first found the rings empty (reset by a value).
+    idle_since: Option<Instant>,
 }
 
 // SAFETY: the raw pointers in `rings` are addresses of words in the channel's arena
@@ -80,7 +82,7 @@ impl<T> Receiver<T> {
             known: 0,
             freed: 0,
             wake_every,
-            idle_polls: 0,
+            idle_since: None,
         };
         rx.refresh();
         rx
@@ -123,6 +125,7 @@ impl<T> Receiver<T> {
     /// gone and nothing is left.
     pub fn recv(&mut self) -> Result<T, RecvError> {
         let mut spins = 0;
+        let mut idle_since = None;
         loop {
             match self.try_recv() {
                 Ok(v) => return Ok(v),
@@ -131,11 +134,11 @@ impl<T> Receiver<T> {
             }
             if spins < SPINS {
                 spins += 1;
-                if spins < SPINS / 2 {
-                    spin_loop();
-                } else {
-                    yield_now();
-                }
+                spin_loop();
+                continue;
+            }
+            if idle_since.get_or_insert_with(Instant::now).elapsed() < IDLE_BUDGET {
+                yield_now();
                 continue;
             }
             let chan = Arc::clone(&self.chan);
@@ -157,6 +160,7 @@ impl<T> Receiver<T> {
                 park();
             }
             spins = 0;
+            idle_since = None;
         }
     }
 
@@ -174,28 +178,25 @@ impl<T> Receiver<T> {
                 return Poll::Pending;
             }
         }
-        for spin in 0..=ASYNC_SPINS {
+        for spin in 0..=SPINS {
             match self.try_recv() {
                 Ok(v) => {
-                    self.idle_polls = 0;
+                    self.idle_since = None;
                     return Poll::Ready(Ok(v));
                 }
                 Err(TryRecvError::Disconnected) => return Poll::Ready(Err(RecvError)),
                 Err(TryRecvError::Empty) => {}
             }
-            if spin < ASYNC_SPINS {
+            if spin < SPINS {
                 spin_loop();
             }
         }
-        if self.idle_polls < YIELD_POLLS {
-            // Give the runtime back before sleeping: a sleep and its wake-up cost
-            // the senders a system call each, and values usually come within a few
-            // polls while they are sending.
-            self.idle_polls += 1;
+        if self.idle_since.get_or_insert_with(Instant::now).elapsed() < IDLE_BUDGET {
+            // Yield to the runtime rather than sleep (see `IDLE_BUDGET`).
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        self.idle_polls = 0;
+        self.idle_since = None;
         self.chan.rx.0.register_waker(cx.waker());
         self.chan.rx.0.prepare_sleep(self.chan.fence);
         match self.try_recv() {
