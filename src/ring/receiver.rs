@@ -20,9 +20,14 @@ const BURST: u32 = if cfg!(loom) { 2 } else { 32 };
 /// Blocked senders woken per slots freed: a woken sender finds room for a run.
 const WAKE_SLOTS: u64 = 16;
 
-/// Empty checks a receive spins through (with a pause each) before it starts
-/// yielding.
-const SPINS: u32 = if cfg!(loom) { 0 } else { 16 };
+/// Most pauses a waiting receive makes between two looks at the rings. A receiver
+/// that has caught up with its senders and polls the tails too often slows them
+/// down: each look pulls the line a sender is about to write out of that sender's
+/// cache, and every send then pays a miss. So the pause doubles after each empty
+/// look (up to this, then the receive yields or sleeps) and halves after each look
+/// that found values: the interval adapts to the rate values come in at, and a
+/// look usually finds several.
+const MAX_SPIN: u32 = if cfg!(loom) { 0 } else { 128 };
 
 /// How long a receive that finds the rings empty keeps looking (yielding the thread,
 /// or the task to its runtime) before it sleeps. A sleep costs the next sender a
@@ -48,6 +53,8 @@ pub struct Receiver<T> {
     wake_every: u64,
     /// When an async receive first found the rings empty (reset by a value).
     idle_since: Option<Instant>,
+    /// Pauses before the next look when the rings were empty (see [`MAX_SPIN`]).
+    spin: u32,
 }
 
 // SAFETY: the raw pointers in `rings` are addresses of words in the channel's arena
@@ -83,6 +90,7 @@ impl<T> Receiver<T> {
             freed: 0,
             wake_every,
             idle_since: None,
+            spin: 1,
         };
         rx.refresh();
         rx
@@ -124,17 +132,21 @@ impl<T> Receiver<T> {
     /// Takes a value, blocking while every ring is empty; `Err` once every sender is
     /// gone and nothing is left.
     pub fn recv(&mut self) -> Result<T, RecvError> {
-        let mut spins = 0;
         let mut idle_since = None;
+        let mut waited = false;
         loop {
             match self.try_recv() {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    if waited {
+                        self.spin = (self.spin / 2).max(1);
+                    }
+                    return Ok(v);
+                }
                 Err(TryRecvError::Disconnected) => return Err(RecvError),
                 Err(TryRecvError::Empty) => {}
             }
-            if spins < SPINS {
-                spins += 1;
-                spin_loop();
+            waited = true;
+            if self.pause() {
                 continue;
             }
             if idle_since.get_or_insert_with(Instant::now).elapsed() < IDLE_BUDGET {
@@ -159,9 +171,23 @@ impl<T> Receiver<T> {
             while rx.sleeping() {
                 park();
             }
-            spins = 0;
             idle_since = None;
         }
+    }
+
+    /// After an empty look: pauses for the current interval and doubles it, or
+    /// returns false once the interval is at its longest (time to yield or sleep;
+    /// the interval stays long until values come).
+    #[inline]
+    fn pause(&mut self) -> bool {
+        if self.spin > MAX_SPIN {
+            return false;
+        }
+        for _ in 0..self.spin {
+            spin_loop();
+        }
+        self.spin *= 2;
+        true
     }
 
     /// Takes a value, waiting asynchronously while every ring is empty.
@@ -178,17 +204,22 @@ impl<T> Receiver<T> {
                 return Poll::Pending;
             }
         }
-        for spin in 0..=SPINS {
+        let mut waited = false;
+        loop {
             match self.try_recv() {
                 Ok(v) => {
+                    if waited || self.idle_since.is_some() {
+                        self.spin = (self.spin / 2).max(1);
+                    }
                     self.idle_since = None;
                     return Poll::Ready(Ok(v));
                 }
                 Err(TryRecvError::Disconnected) => return Poll::Ready(Err(RecvError)),
                 Err(TryRecvError::Empty) => {}
             }
-            if spin < SPINS {
-                spin_loop();
+            waited = true;
+            if !self.pause() {
+                break;
             }
         }
         if self.idle_since.get_or_insert_with(Instant::now).elapsed() < IDLE_BUDGET {
