@@ -17,17 +17,17 @@ use std::time::{Duration, Instant};
 /// before returning them to the senders.
 const BURST: u32 = if cfg!(loom) { 2 } else { 32 };
 
-/// Blocked senders woken per slots freed: a woken sender finds room for a run.
-const WAKE_SLOTS: u64 = 16;
-
 /// Most pauses a waiting receive makes between two looks at the rings. A receiver
 /// that has caught up with its senders and polls the tails too often slows them
 /// down: each look pulls the line a sender is about to write out of that sender's
 /// cache, and every send then pays a miss. So the pause doubles after each empty
-/// look (up to this, then the receive yields or sleeps) and halves after each look
-/// that found values: the interval adapts to the rate values come in at, and a
-/// look usually finds several.
+/// look (up to this, then the receive yields or sleeps), and after a wait it grows
+/// when the look found fewer than [`LOOK_TARGET`] values and shrinks when it found
+/// more: the interval adapts to the rate values come in at.
 const MAX_SPIN: u32 = if cfg!(loom) { 0 } else { 128 };
+
+/// Values a look after a wait should find (see [`MAX_SPIN`]).
+const LOOK_TARGET: u64 = 8;
 
 /// How long a receive that finds the rings empty keeps looking (yielding the thread,
 /// or the task to its runtime) before it sleeps. A sleep costs the next sender a
@@ -138,7 +138,7 @@ impl<T> Receiver<T> {
             match self.try_recv() {
                 Ok(v) => {
                     if waited {
-                        self.spin = (self.spin / 2).max(1);
+                        self.adapt();
                     }
                     return Ok(v);
                 }
@@ -175,6 +175,21 @@ impl<T> Receiver<T> {
         }
     }
 
+    /// After a look that found values following a wait: a look that found few
+    /// came too early (it cost a sender a miss for little), so the pause grows; one
+    /// that found many came late, so it shrinks.
+    fn adapt(&mut self) {
+        let found = self
+            .rings
+            .get(self.cursor)
+            .map_or(1, |r| r.seen.wrapping_sub(r.next).wrapping_add(1));
+        self.spin = if found < LOOK_TARGET {
+            (self.spin * 2).min(MAX_SPIN)
+        } else {
+            (self.spin / 2).max(1)
+        };
+    }
+
     /// After an empty look: pauses for the current interval and doubles it, or
     /// returns false once the interval is at its longest (time to yield or sleep;
     /// the interval stays long until values come).
@@ -209,7 +224,7 @@ impl<T> Receiver<T> {
             match self.try_recv() {
                 Ok(v) => {
                     if waited || self.idle_since.is_some() {
-                        self.spin = (self.spin / 2).max(1);
+                        self.adapt();
                     }
                     self.idle_since = None;
                     return Poll::Ready(Ok(v));
@@ -322,9 +337,10 @@ impl<T> Receiver<T> {
                 break;
             }
         }
-        // Everything is empty (and published): every sender that waits may go.
+        // Everything is empty (and published): the senders that wait may go (the
+        // first one woken wakes the next, see `TxSignal`).
         self.freed = 0;
-        self.chan.tx.0.notify(u64::MAX);
+        self.chan.tx.0.notify(1);
         None
     }
 
@@ -374,7 +390,7 @@ impl<T> Receiver<T> {
             r.published = r.next;
             self.freed += freed;
             if self.freed >= self.wake_every {
-                self.chan.tx.0.notify((self.freed / WAKE_SLOTS).max(1));
+                self.chan.tx.0.notify(1);
                 self.freed = 0;
             }
         }

@@ -76,7 +76,10 @@ impl<T> Sender<T> {
         let result = loop {
             tx.register(id, &waiter);
             value = match self.try_send(value) {
-                Ok(()) => break Ok(()),
+                Ok(()) => {
+                    tx.pass_on(id);
+                    break Ok(());
+                }
                 Err(TrySendError::Disconnected(v)) => break Err(SendError(v)),
                 Err(TrySendError::Full(v)) => v,
             };
@@ -161,6 +164,9 @@ impl<T> Sender<T> {
         let result = loop {
             tx.register(id, &waiter);
             if let Some(done) = try_once(batch) {
+                if done.is_ok() {
+                    tx.pass_on(id);
+                }
                 break done;
             }
             park();
@@ -298,7 +304,10 @@ impl<T> Future for SendFuture<'_, T> {
         let id = *this.id.get_or_insert_with(|| tx.id());
         tx.register(id, &Waiter::Task(cx.waker().clone()));
         match this.sender.try_send(value) {
-            Ok(()) => this.finish(Ok(())),
+            Ok(()) => {
+                tx.pass_on(id);
+                this.finish(Ok(()))
+            }
             Err(TrySendError::Disconnected(v)) => this.finish(Err(SendError(v))),
             Err(TrySendError::Full(v)) => {
                 this.value = Some(v);

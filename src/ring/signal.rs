@@ -26,10 +26,11 @@
 //! a ring's head, fences and reads the count: either it sees the sender, or the
 //! sender's retry sees the new head. The consumer checks once it freed a good part
 //! of a ring (half a ring's slots since its last check), so that a woken sender finds
-//! room for a run of sends rather than one, and wakes one sender per 16 slots freed
-//! (first come, first woken); a woken sender that fails again (it moved to another
-//! cid whose ring is still full) registers again. When the consumer runs out of
-//! work it publishes everything and wakes them all: every ring is empty then.
+//! room for a run of sends rather than one, and when it finds every ring empty; it
+//! wakes one sender (first come, first woken). A woken sender that sends wakes the
+//! next one: the wake-ups cascade through the waiting senders at the senders'
+//! expense, not the consumer's, and stop at the first woken sender that finds its
+//! ring full again (it registers again; the consumer's next check goes on).
 //!
 //! The waiter of an end is kept (cloned, not taken) by a waker: a wake that races
 //! with a new registration wakes the newer waiter, which rechecks.
@@ -242,6 +243,15 @@ impl TxSignal {
                 let Waiters { by_id, order } = &mut *waiters;
                 order.retain(|i| by_id.contains_key(i));
             }
+        }
+    }
+
+    /// Called by a sender registered as `id` that then sent: leaves the queue and
+    /// wakes the next waiting sender (the cascade described above).
+    pub(super) fn pass_on(&self, id: u64) {
+        self.unregister(id);
+        if self.waiting.load(Ordering::SeqCst) != 0 {
+            self.wake(1);
         }
     }
 
