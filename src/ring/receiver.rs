@@ -30,7 +30,7 @@ const MAX_SPIN: u32 = if cfg!(loom) { 0 } else { 128 };
 const LOOK_TARGET: u64 = 8;
 
 /// How long a receive that finds the rings empty keeps looking (yielding the thread,
-/// or the task to its runtime) before it sleeps. A sleep costs the next sender a
+/// and an async receive also its task to the runtime) before it sleeps. A sleep costs the next sender a
 /// system call to wake the receiver, and a receiver that sleeps as soon as it has
 /// caught up is woken again by nearly every send: the two then take turns, one value
 /// each. Staying awake this long lets a run of sends pile up first.
@@ -238,7 +238,10 @@ impl<T> Receiver<T> {
             }
         }
         if self.idle_since.get_or_insert_with(Instant::now).elapsed() < IDLE_BUDGET {
-            // Yield to the runtime rather than sleep (see `IDLE_BUDGET`).
+            // Yield rather than sleep (see `IDLE_BUDGET`): the task to its runtime,
+            // and the thread to the OS, so a sender waiting for this very CPU runs
+            // (a system call, never a block).
+            yield_now();
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
