@@ -265,24 +265,20 @@ impl<T> Receiver<T> {
     pub fn recv_many(&mut self, out: &mut Vec<T>, max: usize) -> usize {
         let mut taken = 0;
         while taken < max {
-            match self.next_value() {
-                Some(v) => {
-                    out.push(v);
-                    taken += 1;
+            let got = self.next_run(out, max - taken);
+            if got == 0 {
+                if self.chan.closed.load(Ordering::SeqCst) & SENDERS_GONE == 0 {
+                    break;
                 }
-                None => {
-                    if self.chan.closed.load(Ordering::SeqCst) & SENDERS_GONE == 0 {
-                        break;
-                    }
-                    match self.next_value() {
-                        Some(v) => {
-                            out.push(v);
-                            taken += 1;
-                        }
-                        None => break,
-                    }
+                // Every send happened before the last sender's drop: look once more.
+                let last = self.next_run(out, max - taken);
+                taken += last;
+                if last == 0 {
+                    break;
                 }
+                continue;
             }
+            taken += got;
         }
         taken
     }
@@ -354,6 +350,59 @@ impl<T> Receiver<T> {
         if self.cursor == self.rings.len() {
             self.cursor = 0;
         }
+    }
+
+    /// [`Receiver::next_value`] for a run: appends up to `max` values of the ring
+    /// being visited (within its burst) to `out`; 0 when every ring is empty.
+    fn next_run(&mut self, out: &mut Vec<T>, max: usize) -> usize {
+        for _ in 0..2 {
+            for _ in 0..self.rings.len() {
+                let i = self.cursor;
+                let room = max.min((BURST - self.burst) as usize);
+                let n = self.take_run(i, out, room);
+                if n > 0 {
+                    self.burst += n as u32;
+                    if self.burst >= BURST {
+                        self.publish(i);
+                        self.advance();
+                    }
+                    return n;
+                }
+                self.publish(i);
+                self.advance();
+            }
+            if !self.refresh() {
+                break;
+            }
+        }
+        self.freed = 0;
+        self.chan.tx.0.notify(1);
+        0
+    }
+
+    /// Appends up to `max` published values of ring `i` to `out`, in order.
+    fn take_run(&mut self, i: usize, out: &mut Vec<T>, max: usize) -> usize {
+        let r = &mut self.rings[i];
+        if r.next == r.seen {
+            // SAFETY: words of the channel's run (see `Send`).
+            r.seen = unsafe { &*r.tail }.load(Ordering::Acquire);
+            if r.next == r.seen {
+                return 0;
+            }
+        }
+        if r.buffer.is_null() {
+            // SAFETY: as in `take`.
+            r.buffer = unsafe { &*r.buffer_word }.load(Ordering::Acquire) as *mut u8;
+        }
+        let n = (r.seen.wrapping_sub(r.next) as usize).min(max);
+        out.reserve(n);
+        for k in 0..n as u64 {
+            let slot = self.chan.slot(r.buffer, r.next.wrapping_add(k));
+            // SAFETY: as in `take`, for each of the `n` published positions.
+            out.push(unsafe { slot.read() });
+        }
+        r.next = r.next.wrapping_add(n as u64);
+        n
     }
 
     /// Takes the value at ring `i`'s next position, if it was published.
