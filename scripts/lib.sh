@@ -225,8 +225,8 @@ have_hwloc_dev() {
 
 # loom_tests PREEMPTIONS: the loom models, built with `--cfg loom` in their own target
 # dir (target/loom: the flag would otherwise invalidate the normal build cache).
-#   - tests/loom.rs, tests/loom_counter.rs, tests/loom_pool.rs (when present): every
-#     test in them (the files are `#![cfg(loom)]`);
+#   - tests/loom.rs, tests/loom_counter.rs, tests/loom_pool.rs, tests/loom_ring.rs
+#     (when present): every test in them (the files are `#![cfg(loom)]`);
 #   - the library's unit tests whose path contains `loom` (e.g. a `#[cfg(all(test, loom))]
 #     mod loom_tests`); the other unit tests are filtered out, as they would run outside
 #     `loom::model`.
@@ -244,6 +244,9 @@ loom_tests() {
     fi
     if [ -f tests/loom_pool.rs ]; then
         xrun_limited "${envs[@]}" cargo test ${LOCKED[@]+"${LOCKED[@]}"} --release --test loom_pool || rc=1
+    fi
+    if [ -f tests/loom_ring.rs ]; then
+        xrun_limited "${envs[@]}" cargo test ${LOCKED[@]+"${LOCKED[@]}"} --release --test loom_ring || rc=1
     fi
     xrun_limited "${envs[@]}" cargo test ${LOCKED[@]+"${LOCKED[@]}"} --release --lib loom || rc=1
     return "$rc"

@@ -11,10 +11,12 @@ use std::mem::MaybeUninit;
 /// Word offsets of a ring in its allocation: the tail (written by the sections)
 /// and the buffer address (installed once) on one cache line, the consumer's head on
 /// the next, so that publishing a head does not invalidate the producers' tail line.
+/// Under loom a unit leaves only 6 words to allocations (`Arena::MAX_WORDS`) and
+/// lines mean nothing: the three words are packed.
 pub(super) const TAIL: usize = 0;
 pub(super) const BUFFER: usize = 1;
-pub(super) const HEAD: usize = 8;
-pub(super) const WORDS: usize = 16;
+pub(super) const HEAD: usize = if cfg!(loom) { 2 } else { 8 };
+pub(super) const WORDS: usize = if cfg!(loom) { 3 } else { 16 };
 
 /// `closed` bits.
 pub(super) const SENDERS_GONE: u32 = 1;

@@ -184,7 +184,8 @@ impl<T> Receiver<T> {
             .get(self.cursor)
             .map_or(1, |r| r.seen.wrapping_sub(r.next).wrapping_add(1));
         self.spin = if found < LOOK_TARGET {
-            (self.spin * 2).min(MAX_SPIN)
+            // At least 1: a pause of 0 would never double past the bound.
+            (self.spin * 2).min(MAX_SPIN.max(1))
         } else {
             (self.spin / 2).max(1)
         };

@@ -200,7 +200,11 @@ impl<T> Drop for Sender<T> {
         // Release: the receiver that sees the last drop sees every send before it.
         if self.chan.senders.0.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.chan.closed.fetch_or(SENDERS_GONE, Ordering::SeqCst);
-            self.chan.rx.0.wake();
+            // The flag is a publication like a send's tail: the same fence before
+            // reading the consumer's state (see `signal.rs`). Without it the
+            // argument rests on both accesses being SeqCst read-modify-writes, which
+            // loom models as AcqRel: it found the consumer asleep forever.
+            self.chan.rx.0.notify(self.chan.fence);
         }
     }
 }

@@ -135,7 +135,7 @@ impl RxSignal {
         }
     }
 
-    /// Wakes the consumer if it sleeps (senders' last drop, `notify`).
+    /// Wakes the consumer if it sleeps (called by `notify`).
     #[cold]
     #[inline(never)]
     pub(super) fn wake(&self) {
@@ -164,14 +164,24 @@ impl RxSignal {
     }
 
     /// Announces the sleep, then fences (the caller checks the rings after this).
+    ///
+    /// A swap rather than a store, as in `cancel_sleep`: every write of `state` is
+    /// then a read-modify-write. Stores would do (the modification order of `state`
+    /// is total, so a sender's fenced check after the consumer's fenced store sees
+    /// `SLEEPING`), but loom keeps the modification order of concurrent writes
+    /// partial: it let a sender's check read the sender's own earlier swap to
+    /// `RUNNING` after the consumer had stored `SLEEPING` again, and reported a lost
+    /// wake-up. A chain of swaps is totally ordered for loom too; on the sleep path
+    /// a swap costs nothing next to the fence that follows.
     pub(super) fn prepare_sleep(&self, mode: FenceMode) {
-        self.state.store(SLEEPING, Ordering::SeqCst);
+        self.state.swap(SLEEPING, Ordering::SeqCst);
         mode.heavy();
     }
 
-    /// The last check found work: back to running.
+    /// The last check found work: back to running (a swap, for loom: see
+    /// [`RxSignal::prepare_sleep`]).
     pub(super) fn cancel_sleep(&self) {
-        self.state.store(RUNNING, Ordering::SeqCst);
+        self.state.swap(RUNNING, Ordering::SeqCst);
     }
 
     /// Whether the consumer is still asleep (nobody woke it since it slept).

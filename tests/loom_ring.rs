@@ -1,0 +1,237 @@
+//! loom models of `percid::ring`'s wake-up and disconnection protocols on the
+//! simulated backend (and the portable one, for a thread moved there).
+//!
+//! Run with
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --target-dir target/loom --test loom_ring`
+//! (about 35 s; the wrap-around model bounds itself at 1 preemption).
+//! Every model builds its channel on a fresh, leaked arena of 2 cids and 2 lanes,
+//! with values that count their drops (a plain counter per model run, read after
+//! every thread was joined). A lost wake-up shows as a deadlock, which loom reports:
+//! the models keep a sender alive (or block on purpose) wherever a disconnection
+//! would otherwise wake the blocked end for the wrong reason.
+//!
+//! * `recv_sleeps_and_is_woken_by_a_send`: the consumer's sleep (state store, fence,
+//!   last look) against a send's publication and its load of the state.
+//! * `recv_ends_after_the_last_sender_drops` and `recv_ends_without_any_value`:
+//!   the senders' disconnection wakes a sleeping consumer, which drains first.
+//! * `receiver_drop_releases_a_blocked_sender`: a sender blocked on a full ring gets
+//!   its value back (or, if it published before the receiver's drop drained the ring,
+//!   the channel drops it), and every value is dropped exactly once.
+//! * `wrap_around_two_producers_two_cids`: rings of 2 slots, two producers on two
+//!   simulated cids, 3 values and 1: every value comes out once, FIFO per ring.
+//! * `blocked_sender_is_woken_by_the_consumer` (and its portable twin): a ring of 1
+//!   slot, the second send blocks until the consumer takes the first and publishes.
+#![cfg(loom)]
+
+use loom::thread;
+use percid::cid::Arena;
+use percid::ring::{Builder, Receiver, RecvError, SendError, Sender, TryRecvError};
+use percid::testing::place;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A value that counts its drops in a counter of its model run.
+#[derive(Debug)]
+struct Counted {
+    v: u64,
+    drops: &'static AtomicUsize,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.drops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A channel of `capacity` slots per ring on a fresh arena, and a fresh drop counter.
+fn channel(capacity: usize) -> (Sender<Counted>, Receiver<Counted>, &'static AtomicUsize) {
+    let arena: &'static Arena = Box::leak(Box::new(Arena::with_capacity(2, 2)));
+    let drops: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+    let (tx, rx) = Builder::new()
+        .capacity_per_cid(capacity)
+        .arena(arena)
+        .build()
+        .expect("channel");
+    (tx, rx, drops)
+}
+
+fn value(v: u64, drops: &'static AtomicUsize) -> Counted {
+    Counted { v, drops }
+}
+
+/// (a) One send against a blocking `recv`: the value arrives, no wake-up is lost. A
+/// second sender stays alive until the value arrived, so only the send can wake the
+/// consumer.
+#[test]
+fn recv_sleeps_and_is_woken_by_a_send() {
+    loom::model(|| {
+        let (tx, mut rx, drops) = channel(2);
+        let keep = tx.clone();
+        let producer = thread::spawn(move || {
+            place(Some(0));
+            tx.send(value(7, drops)).expect("receiver alive");
+        });
+        place(Some(1));
+        let got = rx.recv().expect("a sender is alive");
+        assert_eq!(got.v, 7);
+        drop(got);
+        producer.join().unwrap();
+        drop(keep);
+        assert_eq!(rx.try_recv().err(), Some(TryRecvError::Disconnected));
+        drop(rx);
+        assert_eq!(drops.load(Ordering::Relaxed), 1);
+    });
+}
+
+/// (b) The only sender sends one value and drops: `recv` returns the value, then
+/// `Err` (never `Err` first, never a hang).
+#[test]
+fn recv_ends_after_the_last_sender_drops() {
+    loom::model(|| {
+        let (tx, mut rx, drops) = channel(2);
+        let producer = thread::spawn(move || {
+            place(Some(0));
+            tx.send(value(1, drops)).expect("receiver alive");
+            drop(tx);
+        });
+        let got = rx.recv().expect("the value before the disconnection");
+        assert_eq!(got.v, 1);
+        drop(got);
+        assert_eq!(rx.recv().err(), Some(RecvError));
+        producer.join().unwrap();
+        drop(rx);
+        assert_eq!(drops.load(Ordering::Relaxed), 1);
+    });
+}
+
+/// (b) The only sender drops without sending while the consumer blocks.
+#[test]
+fn recv_ends_without_any_value() {
+    loom::model(|| {
+        let (tx, mut rx, _drops) = channel(1);
+        let producer = thread::spawn(move || drop(tx));
+        assert_eq!(rx.recv().err(), Some(RecvError));
+        producer.join().unwrap();
+    });
+}
+
+/// (b) A sender fills its ring of 1 slot, then blocks on its second send while the
+/// receiver is dropped: the blocked send ends, with its value back unless it
+/// published into the ring the receiver's drop had just drained (the channel's drop
+/// then drops it). A send that starts after the receiver is gone always fails.
+#[test]
+fn receiver_drop_releases_a_blocked_sender() {
+    loom::model(|| {
+        let (tx, rx, drops) = channel(1);
+        let producer = thread::spawn(move || {
+            place(Some(0));
+            let first = tx.send(value(1, drops));
+            let second = tx.send(value(2, drops));
+            let third = tx.send(value(3, drops));
+            let back: Vec<u64> = [first, second, third]
+                .into_iter()
+                .filter_map(|r| r.err().map(|SendError(c)| c.v))
+                .collect();
+            assert!(tx.is_disconnected());
+            back
+        });
+        drop(rx);
+        let back = producer.join().unwrap();
+        // The ring has 1 slot and the receiver's drop drains it once: of the three
+        // sends at most two succeed (one before the drain, one racing it), and the
+        // one after a successful racer sees the receiver gone.
+        assert!(
+            back.contains(&3),
+            "a send on a full ring without receiver succeeded: {back:?}"
+        );
+        assert!(
+            back.windows(2).all(|w| w[0] < w[1]),
+            "values returned out of order: {back:?}"
+        );
+        assert_eq!(
+            drops.load(Ordering::Relaxed),
+            3,
+            "values not dropped exactly once"
+        );
+    });
+}
+
+/// (c) Wrap-around: rings of 2 slots, two producers on cids 0 and 1, with 3 values
+/// and 1 value (the third send of the first waits for the consumer to free a slot,
+/// then writes slot 0 again). Every value comes out exactly once, and each
+/// producer's values in the order it sent them. (3 values each, or 2 preemptions,
+/// take loom more than ten minutes.)
+#[test]
+fn wrap_around_two_producers_two_cids() {
+    // Three threads with blocking on both ends: at 2 preemptions loom needs far
+    // more than ten minutes, so this model bounds them at 1.
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(model.preemption_bound.unwrap_or(1).min(1));
+    model.check(|| {
+        let (tx, mut rx, drops) = channel(2);
+        let producers: Vec<_> = [0u32, 1]
+            .into_iter()
+            .map(|cid| {
+                let tx = tx.clone();
+                thread::spawn(move || {
+                    place(Some(cid));
+                    for k in 0..3 - 2 * u64::from(cid) {
+                        tx.send(value(u64::from(cid) * 10 + k, drops))
+                            .expect("receiver alive");
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut got: Vec<u64> = Vec::new();
+        while let Ok(c) = rx.recv() {
+            got.push(c.v);
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        let mut values = got.clone();
+        values.sort_unstable();
+        assert_eq!(values, [0, 1, 2, 10], "values lost or duplicated: {got:?}");
+        // Each producer stays on its own cid (no other section there to abort it
+        // onto a lane): its values share one ring, so they come out in order.
+        for p in [0, 1] {
+            let mine: Vec<u64> = got.iter().copied().filter(|v| v / 10 == p).collect();
+            assert!(mine.is_sorted(), "ring of cid {p} not FIFO: {got:?}");
+        }
+        drop(rx);
+        assert_eq!(drops.load(Ordering::Relaxed), 4);
+    });
+}
+
+/// (d) A ring of 1 slot: the second send blocks until the consumer takes the first
+/// value and publishes the head. A second sender stays alive throughout, so only
+/// that publication can release the blocked sender and only the sends can wake the
+/// consumer.
+fn blocked_sender_is_woken(cid: Option<u32>) {
+    loom::model(move || {
+        let (tx, mut rx, drops) = channel(1);
+        let keep = tx.clone();
+        let producer = thread::spawn(move || {
+            place(cid);
+            tx.send(value(1, drops)).expect("receiver alive");
+            tx.send(value(2, drops)).expect("receiver alive");
+        });
+        let a = rx.recv().expect("first value");
+        let b = rx.recv().expect("second value");
+        assert_eq!((a.v, b.v), (1, 2), "one producer on one ring: FIFO");
+        producer.join().unwrap();
+        drop(keep);
+        drop((a, b, rx));
+        assert_eq!(drops.load(Ordering::Relaxed), 2);
+    });
+}
+
+#[test]
+fn blocked_sender_is_woken_by_the_consumer() {
+    blocked_sender_is_woken(Some(0));
+}
+
+#[test]
+fn blocked_portable_sender_is_woken_by_the_consumer() {
+    blocked_sender_is_woken(None);
+}
