@@ -30,10 +30,11 @@ const MAX_SPIN: u32 = if cfg!(loom) { 0 } else { 128 };
 const LOOK_TARGET: u64 = 8;
 
 /// How long a receive that finds the rings empty keeps looking (yielding the thread,
-/// and an async receive also its task to the runtime) before it sleeps. A sleep costs the next sender a
-/// system call to wake the receiver, and a receiver that sleeps as soon as it has
-/// caught up is woken again by nearly every send: the two then take turns, one value
-/// each. Staying awake this long lets a run of sends pile up first.
+/// and an async receive also its task to the runtime) before it sleeps. A sleep
+/// costs the next sender a system call to wake the receiver, and a receiver that
+/// sleeps as soon as it has caught up is woken again by nearly every send: the two
+/// then take turns, one value each. Staying awake this long lets a run of sends pile
+/// up first.
 const IDLE_BUDGET: Duration = Duration::from_micros(if cfg!(loom) { 0 } else { 50 });
 
 /// The receiving end of a [`channel`](super::channel): `Send`, not `Clone` (one
