@@ -400,3 +400,45 @@ fn rings_follow_concurrency_not_cpus() {
     assert!(rx.rings() <= cpus.max(1) * 2, "{} rings", rx.rings());
     assert_eq!(rx.recv().unwrap(), 1);
 }
+
+#[test]
+fn a_blocked_sender_gets_the_first_free_slot() {
+    // A slow receiver: a sender blocked on a full ring must not wait for half a
+    // ring (or an empty one) to be freed; one taken value lets it go. The sender
+    // fills its own cid's ring, then blocks on it; should it move to another cid in
+    // between (it then does not block), the attempt is made again.
+    for _ in 0..10 {
+        let (tx, mut rx) = ring::channel::<u64>(64).unwrap();
+        let sender = thread::spawn(move || {
+            let mut n = 0;
+            while tx.try_send(n).is_ok() {
+                n += 1;
+            }
+            tx.send(u64::MAX).unwrap();
+            n
+        });
+        thread::sleep(std::time::Duration::from_millis(50));
+        if sender.is_finished() {
+            continue;
+        }
+        let _ = rx.recv().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !sender.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the blocked sender was not released by a free slot"
+            );
+            thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let n = sender.join().unwrap();
+        let got: Vec<u64> = rx.drain().collect();
+        assert_eq!(
+            got.len() as u64,
+            n,
+            "every value but the one taken is there"
+        );
+        assert!(got.contains(&u64::MAX));
+        return;
+    }
+    panic!("the sender never blocked on its full ring in 10 attempts");
+}

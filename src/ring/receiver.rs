@@ -327,6 +327,8 @@ impl<T> Receiver<T> {
                     if self.burst >= BURST {
                         self.publish(i);
                         self.advance();
+                    } else if self.chan.tx.0.wants_eager_wake() {
+                        self.wake_eagerly(i);
                     }
                     return Some((v, shard));
                 }
@@ -367,6 +369,8 @@ impl<T> Receiver<T> {
                     if self.burst >= BURST {
                         self.publish(i);
                         self.advance();
+                    } else if self.chan.tx.0.wants_eager_wake() {
+                        self.wake_eagerly(i);
                     }
                     return n;
                 }
@@ -430,6 +434,15 @@ impl<T> Receiver<T> {
         // the only one that takes them, each once (`next` moves past it), and the
         // slot is not reused before the head is published past it.
         Some(unsafe { slot.read() })
+    }
+
+    /// A sender waits and no wake-up is on its way: return ring `i`'s slots now and
+    /// wake one, so a blocked sender gets a slot as soon as one is free (not only
+    /// once half a ring is), however slowly the values are taken.
+    #[cold]
+    fn wake_eagerly(&mut self, i: usize) {
+        self.publish(i);
+        self.chan.tx.0.notify(1);
     }
 
     /// Returns ring `i`'s taken slots to the senders.

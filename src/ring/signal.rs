@@ -35,7 +35,7 @@
 //! The waiter of an end is kept (cloned, not taken) by a waker: a wake that races
 //! with a new registration wakes the newer waiter, which rechecks.
 
-use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, Thread, fence};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering, Thread, fence};
 use std::collections::{HashMap, VecDeque};
 use std::task::Waker;
 
@@ -195,6 +195,10 @@ impl RxSignal {
 pub(super) struct TxSignal {
     /// Registered waiters; read by the consumer after it publishes.
     waiting: AtomicU64,
+    /// A sender was woken and has not run since (set by `wake`, cleared when a
+    /// sender registers, sends after waiting, or gives up): the consumer's eager
+    /// wake-ups wait for it, so they cost one wake per woken sender, not per value.
+    in_flight: AtomicBool,
     next_id: AtomicU64,
     waiters: Mutex<Waiters>,
 }
@@ -213,6 +217,7 @@ impl TxSignal {
     pub(super) fn new() -> TxSignal {
         TxSignal {
             waiting: AtomicU64::new(0),
+            in_flight: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             waiters: Mutex::new(Waiters::default()),
         }
@@ -227,6 +232,7 @@ impl TxSignal {
     /// waiters it wakes); fences, so that the caller's retry sees any head published
     /// before the consumer read the count.
     pub(super) fn register(&self, id: u64, waiter: &Waiter) {
+        self.in_flight.store(false, Ordering::Relaxed);
         let mut waiters = lock(&self.waiters);
         match waiters.by_id.get_mut(&id) {
             Some(w) => {
@@ -246,6 +252,7 @@ impl TxSignal {
 
     /// Removes registration `id`, if a waker did not.
     pub(super) fn unregister(&self, id: u64) {
+        self.in_flight.store(false, Ordering::Relaxed);
         let mut waiters = lock(&self.waiters);
         if waiters.by_id.remove(&id).is_some() {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
@@ -263,6 +270,14 @@ impl TxSignal {
         if self.waiting.load(Ordering::SeqCst) != 0 {
             self.wake(1);
         }
+    }
+
+    /// Whether the consumer should return slots and wake a sender right away: one
+    /// waits and no wake-up is on its way (a hint, read without ordering; the
+    /// guaranteed wake-ups are the consumer's half-ring and empty checks).
+    #[inline(always)]
+    pub(super) fn wants_eager_wake(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) != 0 && !self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Called by the consumer after it published freed slots: wakes up to `n`
@@ -289,6 +304,9 @@ impl TxSignal {
                     self.waiting.fetch_sub(1, Ordering::SeqCst);
                     woken.push(w);
                 }
+            }
+            if !woken.is_empty() {
+                self.in_flight.store(true, Ordering::Relaxed);
             }
         }
         for w in woken {
