@@ -374,6 +374,8 @@ fn lists(arena: &Arena, t: Torture, max_len: u16) {
 const TAIL: usize = 0;
 const HEAD: usize = 1;
 const BUFFER: usize = 2;
+/// The producers' copy of the head.
+const CACHED: usize = 3;
 /// Slots per ring - 1.
 const MASK: u64 = 255;
 /// Words per slot: (producer, sequence number).
@@ -493,7 +495,7 @@ impl Drop for SetOnDrop<'_> {
 /// none); one consumer outside the torture drains the rings. Every message must
 /// arrive exactly once, in order per producer within a shard.
 fn rings(arena: &Arena, t: Torture) {
-    let words = arena.alloc(3).expect("alloc");
+    let words = arena.alloc(4).expect("alloc");
     let wb = words.word(BUFFER);
     let installed = AtomicU64::new(0);
     let fulls = AtomicU64::new(0);
@@ -518,9 +520,7 @@ fn rings(arena: &Arena, t: Torture) {
                     // push_payload writes the tails, only the consumer the heads.
                     let outcome = unsafe {
                         words.push_payload(
-                            TAIL,
-                            HEAD,
-                            BUFFER,
+                            [TAIL, HEAD, BUFFER, CACHED],
                             MASK,
                             SLOT_WORDS * 8,
                             msg.as_ptr().cast(),

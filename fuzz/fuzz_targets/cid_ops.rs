@@ -62,8 +62,9 @@ fn run(steps: &[Step]) {
     // The same aborts every time an input runs: a crash reproduces on its own.
     seed_simulated_aborts(0x5eed);
     let arena = Arena::with_capacity(CIDS, 2);
-    // Words: 0 sum, 1 compare-store, 2 list head, 3 ring tail, 4 ring head, 5 ring buffer.
-    let words = arena.alloc(6).unwrap();
+    // Words: 0 sum, 1 compare-store, 2 list head, 3 ring tail, 4 ring head, 5 ring
+    // buffer, 6 the producers' copy of the ring head.
+    let words = arena.alloc(7).unwrap();
     let (sum, cas, list) = (words.word(0), words.word(1), words.word(2));
     let (tail, head, buffer) = (words.word(3), words.word(4), words.word(5));
     let nodes: Vec<Box<Node>> = (0..NODES)
@@ -138,7 +139,7 @@ fn run(steps: &[Step]) {
                 // SAFETY: slots are 8 bytes; buffers live until the end of `run`; only
                 // this loop moves tails and only `Receive` moves heads.
                 match unsafe {
-                    words.push_payload(3, 4, 5, RING - 1, 8, &value as *const u64 as *const u8)
+                    words.push_payload([3, 4, 5, 6], RING - 1, 8, &value as *const u64 as *const u8)
                 } {
                     PushOutcome::Committed(shard) => {
                         model.entry(shard).or_default().ring.push_back(value);

@@ -890,29 +890,32 @@ pub enum PushOutcome {
 
 impl Words<'_> {
     /// `store_payload_commit_index`: copies `slot_bytes` bytes from `src` into the
-    /// caller's shard's ring and publishes them by moving its tail. Words `tail`,
-    /// `head` and `buffer` of this run hold, per shard, the producers' position, the
-    /// consumer's position and the address of the slot buffer (`mask + 1` slots).
+    /// caller's shard's ring and publishes them by moving its tail. The words of
+    /// this run at `[tail, head, buffer, cached]` hold, per shard, the producers'
+    /// position, the consumer's position, the address of the slot buffer (`mask + 1`
+    /// slots) and the producers' copy of the head (read instead of the head until it
+    /// says the ring is full).
     ///
     /// # Safety
     /// `slot_bytes` is a multiple of 8; `src` is readable for `slot_bytes` bytes;
     /// `mask + 1` is a power of two; every non-zero buffer word points to `mask + 1`
     /// slots of `slot_bytes` bytes that live as long as the word holds the address;
-    /// only this method writes the tail words, and only the consumer writes the head
-    /// words (never past the tail).
+    /// only this method writes the tail and cached words, and only the consumer
+    /// writes the head words (never past the tail).
     pub unsafe fn push_payload(
         &self,
-        tail: usize,
-        head: usize,
-        buffer: usize,
+        [tail, head, buffer, cached]: [usize; 4],
         mask: u64,
         slot_bytes: usize,
         src: *const u8,
     ) -> PushOutcome {
         let site = PayloadSite::new(
-            self.word(tail),
-            self.word(head),
-            self.word(buffer),
+            [
+                self.word(tail),
+                self.word(head),
+                self.word(buffer),
+                self.word(cached),
+            ],
             mask + 1,
             slot_bytes,
         );
@@ -936,15 +939,16 @@ pub(crate) enum Pushed {
     NoBuffer,
 }
 
-/// A ring's three words (tail, head, buffer address) and geometry, resolved once so
-/// that a push builds its section's operands without chasing pointers: the
-/// producer side of [`crate::ring`]. In a NUMA arena the ring of a shard is the one
+/// A ring's four words (tail, head, buffer address, the producers' copy of the
+/// head) and geometry, resolved once so that a push builds its section's operands
+/// without chasing pointers: the producer side of [`crate::ring`]. In a NUMA arena the ring of a shard is the one
 /// in the plane of the node the section reads.
 #[derive(Clone, Copy)]
 pub(crate) struct PayloadSite<'a> {
     tail: Word<'a>,
     head: Word<'a>,
     buffer: Word<'a>,
+    cached: Word<'a>,
     /// The section's operands with `src` null and `count` 0 (filled per push).
     args: PayloadArgs,
     numa: bool,
@@ -961,14 +965,16 @@ impl<'a> PayloadSite<'a> {
     /// chunk), with `capacity` (a power of two) slots of `slot_bytes` (a multiple
     /// of 8) bytes.
     pub(crate) fn new(
-        tail: Word<'a>,
-        head: Word<'a>,
-        buffer: Word<'a>,
+        [tail, head, buffer, cached]: [Word<'a>; 4],
         capacity: u64,
         slot_bytes: usize,
     ) -> PayloadSite<'a> {
         assert!(capacity.is_power_of_two() && slot_bytes.is_multiple_of(8));
-        assert!(std::ptr::eq(tail.chunk, head.chunk) && std::ptr::eq(tail.chunk, buffer.chunk));
+        assert!(
+            [head, buffer, cached]
+                .iter()
+                .all(|w| std::ptr::eq(tail.chunk, w.chunk))
+        );
         let numa = tail.chunk.is_numa();
         let locate = |w: Word<'a>| {
             if numa {
@@ -982,6 +988,7 @@ impl<'a> PayloadSite<'a> {
             tail,
             head,
             buffer,
+            cached,
             args: PayloadArgs {
                 tail: locate(tail),
                 head: locate(head),
@@ -991,6 +998,7 @@ impl<'a> PayloadSite<'a> {
                 src: std::ptr::null(),
                 count: 0,
                 slot_bytes: slot_bytes as u64,
+                cached: locate(cached),
             },
             numa,
         }
@@ -1053,7 +1061,12 @@ impl<'a> PayloadSite<'a> {
         debug_assert!(count >= 1);
         let args = self.args(src, count);
         let chunk = self.tail.chunk;
-        let (t, h, b) = (self.tail.offset, self.head.offset, self.buffer.offset);
+        let (t, h, b, c) = (
+            self.tail.offset,
+            self.head.offset,
+            self.buffer.offset,
+            self.cached.offset,
+        );
         let capacity = self.args.capacity;
         let slot_bytes = self.args.slot_bytes as usize;
         let plane = if self.numa { Plane::Node } else { Plane::Zero };
@@ -1089,6 +1102,7 @@ impl<'a> PayloadSite<'a> {
                 let payload = Payload {
                     tail: unit.word(t),
                     head: unit.word(h),
+                    cached: unit.word(c),
                     buffer: unit.word(b),
                     capacity,
                     slot_bytes,

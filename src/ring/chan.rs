@@ -8,15 +8,19 @@ use std::alloc::Layout;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 
-/// Word offsets of a ring in its allocation: the tail (written by the sections)
-/// and the buffer address (installed once) on one cache line, the consumer's head on
-/// the next, so that publishing a head does not invalidate the producers' tail line.
+/// Word offsets of a ring in its allocation: the tail and the producers' copy of
+/// the head (written by the sections) and the buffer address (installed once) on one
+/// cache line, the consumer's head on the next, so that publishing a head does not
+/// invalidate the producers' line, and a send reads the head's line only when its
+/// copy says the ring is full.
 /// Under loom a unit leaves only 6 words to allocations (`Arena::MAX_WORDS`) and
 /// lines mean nothing: the three words are packed.
 pub(super) const TAIL: usize = 0;
 pub(super) const BUFFER: usize = 1;
-pub(super) const HEAD: usize = if cfg!(loom) { 2 } else { 8 };
-pub(super) const WORDS: usize = if cfg!(loom) { 3 } else { 16 };
+/// The producers' copy of the head, on their own line (see `PayloadArgs::cached`).
+pub(super) const CACHED_HEAD: usize = 2;
+pub(super) const HEAD: usize = if cfg!(loom) { 3 } else { 8 };
+pub(super) const WORDS: usize = if cfg!(loom) { 4 } else { 16 };
 
 /// `closed` bits.
 pub(super) const SENDERS_GONE: u32 = 1;
@@ -91,9 +95,12 @@ impl<T> Chan<T> {
         let words = arena.alloc(WORDS)?;
         // The site's words are the channel's while it holds `words` (freed last).
         let site = PayloadSite::new(
-            words.detached(TAIL),
-            words.detached(HEAD),
-            words.detached(BUFFER),
+            [
+                words.detached(TAIL),
+                words.detached(HEAD),
+                words.detached(BUFFER),
+                words.detached(CACHED_HEAD),
+            ],
             capacity,
             size_of::<Cell<T>>(),
         );

@@ -18,7 +18,7 @@
 //! | `load_cbne_store(e, n)` | `if word(idx) != e { fail(seen) }; commit word(idx) = n` | committed / compare failed |
 //! | `list_pop()` | `h = word(idx); if h.node == 0 { fail }; commit word(idx) = h.node.next` | committed(node) / empty |
 //! | `list_push(n, max)` | `h = word(idx); if h.len >= max { fail }; n.next = h; commit word(idx) = n \| (h.len + 1) << 48` | committed / full |
-//! | `store_payload_commit_index(v[..c])` | `t = tail(idx); h = head(idx); if t - h >= cap { fail }; n = min(c, cap - (t - h)); slot[(t + k) & mask] = v[k] for k < n; commit tail(idx) = t + n` | committed(n) / full |
+//! | `store_payload_commit_index(v[..c])` | `t = tail(idx); h = cached(idx); if t - h >= cap { h = cached(idx) = head(idx); if t - h >= cap { fail } }; n = min(c, cap - (t - h)); slot[(t + k) & mask] = v[k] for k < n; commit tail(idx) = t + n` | committed(n) / full |
 //!
 //! The NUMA form reads the node (`node_id`) inside the section too, next to `idx`, and
 //! works on the unit of `idx` in that node's plane (see [`crate::cid`]): its pseudocode
@@ -131,6 +131,8 @@ pub(crate) unsafe fn list_push<S: Section + ?Sized>(
 pub(crate) struct Payload<'a> {
     pub tail: &'a AtomicU64,
     pub head: &'a AtomicU64,
+    /// The producers' copy of the head (a lower bound of it).
+    pub cached: &'a AtomicU64,
     /// The index's slot buffer (0: not allocated yet).
     pub buffer: &'a AtomicU64,
     /// Slots per ring, a power of two.
@@ -162,10 +164,16 @@ pub(crate) unsafe fn store_payload_commit_index<S: Section + ?Sized>(
     p: &Payload<'_>,
 ) -> Result<PayloadOutcome, Aborted> {
     let t = s.load(p.tail)?;
-    let h = s.load(p.head)?;
-    let used = t.wrapping_sub(h);
+    let mut used = t.wrapping_sub(s.load(p.cached)?);
     if used >= p.capacity {
-        return Ok(PayloadOutcome::Full);
+        // Looks full: refresh the copy from the consumer's head (harmless to repeat:
+        // any head read is a lower bound) and decide on it.
+        let h = s.load(p.head)?;
+        s.store_private(p.cached, h)?;
+        used = t.wrapping_sub(h);
+        if used >= p.capacity {
+            return Ok(PayloadOutcome::Full);
+        }
     }
     let n = (p.count as u64).min(p.capacity - used);
     let buffer = s.load(p.buffer)? as usize;

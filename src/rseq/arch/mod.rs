@@ -198,6 +198,11 @@ pub(crate) struct PayloadArgs {
     pub count: u64,
     /// Bytes per slot, a multiple of 8.
     pub slot_bytes: u64,
+    /// The producers' copy of the head (as `tail`: unit-0 address or byte offset):
+    /// a lower bound of the head that the sections read instead of the head itself,
+    /// and refresh from it only when the copy says the ring is full, so a send reads
+    /// no line the consumer writes until the ring looks full.
+    pub cached: *const u64,
 }
 
 /// What one attempt of a critical section ended with, as the asm reports it.

@@ -419,9 +419,9 @@ macro_rules! payload_body {
             "mov {tail}, qword ptr [{args}]\n",
             "add {tail}, {off}\n",
             "mov {t}, qword ptr [{tail}]\n",
-            "mov {dst}, qword ptr [{args} + 8]\n",
+            // used = t - cached head; room when used < capacity.
+            "mov {dst}, qword ptr [{args} + 64]\n",
             "mov {dst}, qword ptr [{dst} + {off}]\n",
-            // used = t - head; full when used >= capacity.
             "mov {i}, {t}\n",
             "sub {i}, {dst}\n",
             "mov ",
@@ -431,7 +431,21 @@ macro_rules! payload_body {
             "cmp {i}, ",
             $n,
             "\n",
+            "jb 26f\n",
+            // Looks full: read the consumer's head, refresh the copy (speculative
+            // but harmless: any head value read is a valid lower bound), and decide
+            // on the real head: full when t - head >= capacity.
+            "mov {dst}, qword ptr [{args} + 8]\n",
+            "mov {dst}, qword ptr [{dst} + {off}]\n",
+            "mov {i}, qword ptr [{args} + 64]\n",
+            "mov qword ptr [{i} + {off}], {dst}\n",
+            "mov {i}, {t}\n",
+            "sub {i}, {dst}\n",
+            "cmp {i}, ",
+            $n,
+            "\n",
             "jae 9f\n",
+            "26:\n",
             // n = min(count, capacity - used).
             "sub ",
             $n,
@@ -509,8 +523,9 @@ macro_rules! payload_body {
     };
 }
 
-/// `store_payload_commit_index`: `t = *tail(idx)`, `h = *head(idx)`; fail when
-/// `t - h >= capacity` (full); copy `n = min(count, capacity - (t - h))` payloads
+/// `store_payload_commit_index`: `t = *tail(idx)`, `h = *cached(idx)`; when `t - h
+/// >= capacity`, `h = *head(idx)` and `*cached(idx) = h` (speculative: any head read
+/// is a valid lower bound), and fail when still `t - h >= capacity` (full); copy `n = min(count, capacity - (t - h))` payloads
 /// into slots `(t + k) & mask` of the index's buffer (speculative: the slots are
 /// invisible until the tail moves); `*tail(idx) = t + n` (the commit).
 /// `NotMaterialized` also when the index has no buffer yet.
