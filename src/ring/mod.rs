@@ -43,8 +43,9 @@
 //! * **Receive** visits the rings round-robin, up to 32 values per ring per visit,
 //!   and returns taken slots to the senders by publishing the ring's head at the end
 //!   of each visit, whenever a sender waits, and whenever it finds every ring empty.
-//!   A sender therefore reads one line the receiver writes once per visit, and
-//!   writes only lines of its own cid.
+//!   Senders keep their own copy of the head next to the tail and read the
+//!   receiver's head only when that copy says the ring is full: a send reads no
+//!   line the running receiver writes, and writes only lines of its own cid.
 //! * **Wake-ups**: a send reads the receiver's state after publishing; a receiver
 //!   about to sleep fences every thread with membarrier before its last look (see
 //!   `signal.rs` for the argument). Blocked senders are counted; the receiver reads
