@@ -17,6 +17,7 @@
 #[macro_use]
 mod common;
 
+use common::pooled::{Rng, Tagged, pass};
 use common::{Torture, forced_backend, quarter, tick};
 use percid::cid::Arena;
 use percid::numa::Topology;
@@ -69,42 +70,6 @@ fn be_on(node: u32) -> bool {
     // SAFETY: reads `size_of::<cpu_set_t>()` bytes of `set`; 0 is the calling thread.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     rc == 0
-}
-
-/// A pooled object that knows who holds it, and counts its drops.
-struct Tagged {
-    holder: AtomicU64,
-    drops: Arc<AtomicUsize>,
-}
-
-impl Drop for Tagged {
-    fn drop(&mut self) {
-        self.drops.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Claims an object that `from` held (0: the pool) for `to`.
-fn pass(b: &PoolBox<'_, Tagged>, from: u64, to: u64) {
-    let was = b.holder.swap(to, Ordering::AcqRel);
-    assert_eq!(
-        was, from,
-        "object at {:p} held by {was}, expected {from} (moving it to {to})",
-        &**b
-    );
-}
-
-/// A small xorshift generator: each thread its own reproducible sequence.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
 }
 
 type TaggedPool = Pool<Tagged>;

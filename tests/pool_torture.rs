@@ -16,6 +16,7 @@
 #[macro_use]
 mod common;
 
+use common::pooled::{Rng, Tagged, pass};
 use common::{Torture, quarter, tick};
 use percid::pool::{Pool, PoolBox};
 use std::collections::HashSet;
@@ -27,42 +28,6 @@ const HANDED: u64 = u64::MAX;
 
 /// Thread 0 trims the pool every this many operations.
 const TRIM_EVERY: u64 = 1024;
-
-/// A pooled object that knows who holds it, and counts its drops.
-struct Tagged {
-    holder: AtomicU64,
-    drops: Arc<AtomicUsize>,
-}
-
-impl Drop for Tagged {
-    fn drop(&mut self) {
-        self.drops.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Claims an object that `from` held (0: the pool) for `to`.
-fn pass(b: &PoolBox<'_, Tagged>, from: u64, to: u64) {
-    let was = b.holder.swap(to, Ordering::AcqRel);
-    assert_eq!(
-        was, from,
-        "object at {:p} held by {was}, expected {from} (moving it to {to})",
-        &**b
-    );
-}
-
-/// A small xorshift generator: each thread its own reproducible sequence.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
 
 /// Takes one object out of `held` in the thread's order: FIFO, LIFO or random.
 fn take_one<'p>(

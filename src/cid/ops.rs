@@ -189,6 +189,28 @@ fn run_on_lane<T>(
     }
 }
 
+/// What one `list_pop` attempt on the rseq backend says to its caller (the hot
+/// paths): `Some(Some(node))` committed, `Some(None)` empty, `None` retry elsewhere.
+#[inline(always)]
+fn one_pop(st: SectionStatus, node: usize) -> Option<Option<usize>> {
+    match st {
+        SectionStatus::Committed => Some(Some(node)),
+        SectionStatus::Failed => Some(None),
+        _ => None,
+    }
+}
+
+/// As [`one_pop`] for `list_push`: `Some(Ok(()))` committed, `Some(Err(ListFull))`
+/// full, `None` retry elsewhere.
+#[inline(always)]
+fn one_push(st: SectionStatus) -> Option<Result<(), ListFull>> {
+    match st {
+        SectionStatus::Committed => Some(Ok(())),
+        SectionStatus::Failed => Some(Err(ListFull)),
+        _ => None,
+    }
+}
+
 /// A word's fast-path addresses, resolved once and kept by the structure that owns
 /// the word (a counter), so that an update chases no pointers before its section.
 #[derive(Clone, Copy, Debug)]
@@ -230,11 +252,7 @@ impl HotWord {
             // SAFETY: `base` and `limit` come from `Word::hot` of a live word; listed
             // nodes are live (the caller's contract).
             let (st, _, node) = unsafe { arch::list_pop(cpu, self.base) };
-            return match st {
-                SectionStatus::Committed => Some(Some(node)),
-                SectionStatus::Failed => Some(None),
-                _ => None,
-            };
+            return one_pop(st, node);
         }
         None
     }
@@ -255,11 +273,7 @@ impl HotWord {
             let cpu = SectionSite::plain(area, index, self.limit);
             // SAFETY: as in `try_list_pop`; the node is the caller's.
             let (st, _) = unsafe { arch::list_push(cpu, self.base, node, u64::from(max_len)) };
-            return match st {
-                SectionStatus::Committed => Some(Ok(())),
-                SectionStatus::Failed => Some(Err(ListFull)),
-                _ => None,
-            };
+            return one_push(st);
         }
         None
     }
@@ -349,11 +363,7 @@ impl NodeHotWord {
             // SAFETY: `dir` and `woff` come from `Word::node_hot` of a live word; listed
             // nodes are live (the caller's contract).
             let (st, _, _, node) = unsafe { arch::numa_list_pop(cpu, self.woff) };
-            return match st {
-                SectionStatus::Committed => Some(Some(node)),
-                SectionStatus::Failed => Some(None),
-                _ => None,
-            };
+            return one_pop(st, node);
         }
         None
     }
@@ -375,11 +385,7 @@ impl NodeHotWord {
             // SAFETY: as in `try_list_pop`; the node is the caller's.
             let (st, _, _) =
                 unsafe { arch::numa_list_push(cpu, self.woff, node, u64::from(max_len)) };
-            return match st {
-                SectionStatus::Committed => Some(Ok(())),
-                SectionStatus::Failed => Some(Err(ListFull)),
-                _ => None,
-            };
+            return one_push(st);
         }
         None
     }

@@ -28,6 +28,8 @@
 
 #![allow(dead_code)] // each test binary uses a part of the harness
 
+pub mod pooled;
+
 use std::cell::Cell;
 use std::io::Write;
 use std::process::{Command, Output};

@@ -160,6 +160,15 @@ fn closed(chan: &str) -> ! {
     panic!("bench ring: {chan} closed while the bench held both ends")
 }
 
+/// The checksum of `n` messages taken one by one with a blocking receive (`None`:
+/// the channel closed, which the bench never lets happen).
+fn sum_blocking<M: Message>(n: u64, chan: &str, mut recv: impl FnMut() -> Option<M>) -> u64 {
+    (0..n).fold(0u64, |sum, _| {
+        let m = recv().unwrap_or_else(|| closed(chan));
+        sum.wrapping_add(m.weight())
+    })
+}
+
 /// A receiver the consumer borrows for a sample, taken out of its slot so no lock is
 /// held while it waits (nor across an `.await`).
 pub(crate) struct Slot<R>(Mutex<Option<R>>);
@@ -273,16 +282,8 @@ impl<M: Message> SyncChannel<M> for StdSync<M> {
     }
 
     fn recv_sum(&self, n: u64) -> u64 {
-        self.rx.with(|rx| {
-            let mut sum = 0u64;
-            for _ in 0..n {
-                let Ok(m) = rx.recv() else {
-                    closed("sync_channel")
-                };
-                sum = sum.wrapping_add(m.weight());
-            }
-            sum
-        })
+        self.rx
+            .with(|rx| sum_blocking(n, "sync_channel", || rx.recv().ok()))
     }
 }
 
@@ -312,7 +313,7 @@ mod with_feature {
 
     use crossbeam_queue::ArrayQueue;
 
-    use super::{Message, Percid, RECV_BATCH, Slot, SyncChannel, backoff, closed};
+    use super::{Message, Percid, RECV_BATCH, Slot, SyncChannel, backoff, closed, sum_blocking};
 
     /// A channel whose consumer is a future (run on a tokio runtime by the bench)
     /// while its producers are plain threads ([`SyncChannel::send`]).
@@ -426,14 +427,7 @@ mod with_feature {
         }
 
         fn recv_sum(&self, n: u64) -> u64 {
-            let mut sum = 0u64;
-            for _ in 0..n {
-                let Ok(m) = self.rx.recv() else {
-                    closed("crossbeam-channel")
-                };
-                sum = sum.wrapping_add(m.weight());
-            }
-            sum
+            sum_blocking(n, "crossbeam-channel", || self.rx.recv().ok())
         }
     }
 
@@ -529,14 +523,7 @@ mod with_feature {
         }
 
         fn recv_sum(&self, n: u64) -> u64 {
-            let mut sum = 0u64;
-            for _ in 0..n {
-                let Ok(m) = self.rx.recv() else {
-                    closed("flume")
-                };
-                sum = sum.wrapping_add(m.weight());
-            }
-            sum
+            sum_blocking(n, "flume", || self.rx.recv().ok())
         }
     }
 
@@ -575,14 +562,7 @@ mod with_feature {
         }
 
         fn recv_sum(&self, n: u64) -> u64 {
-            let mut sum = 0u64;
-            for _ in 0..n {
-                let Some(m) = self.rx.recv() else {
-                    closed("thingbuf")
-                };
-                sum = sum.wrapping_add(m.weight());
-            }
-            sum
+            sum_blocking(n, "thingbuf", || self.rx.recv())
         }
     }
 
