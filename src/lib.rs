@@ -30,8 +30,10 @@
 //! * [`pool`]: `Pool<T>`, objects recycled through per-cid caches; [`alloc`]:
 //!   `PerCidAlloc`, a small-object allocator on the same machinery, usable as the
 //!   `#[global_allocator]`.
-//! * [`ring`]: an MPSC channel made of per-cid rings: one critical section per send,
-//!   blocking and async ends, a `Stream` receiver.
+//! * [`ring`]: an MPSC channel made of per-cid rings, bounded or unbounded, with the
+//!   API of tokio's `mpsc` and crossbeam's channels: one critical section per send,
+//!   blocking, timed and async ends, permits, closing, a `Stream` receiver and a
+//!   `Sink` sender.
 //!
 //! # Safety and correctness
 //!

@@ -11,7 +11,9 @@ mod imp {
         AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering, fence,
     };
     pub(crate) use std::sync::{Arc, Mutex, MutexGuard};
-    pub(crate) use std::thread::{Thread, current as current_thread, park, yield_now};
+    pub(crate) use std::thread::{
+        Thread, current as current_thread, park, park_timeout, yield_now,
+    };
 }
 
 #[cfg(loom)]
@@ -22,6 +24,12 @@ mod imp {
     };
     pub(crate) use loom::sync::{Arc, Mutex, MutexGuard};
     pub(crate) use loom::thread::{Thread, current as current_thread, park, yield_now};
+
+    /// Loom has no timed park: a yield is a spurious wake-up, which every caller
+    /// of a timed park handles (the models use no deadlines).
+    pub(crate) fn park_timeout(_: std::time::Duration) {
+        yield_now();
+    }
 }
 
 pub(crate) use imp::*;

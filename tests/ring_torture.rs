@@ -245,7 +245,9 @@ fn consume(rx: Receiver<Msg>, run: Run, mut books: Books, gone: &AtomicBool) -> 
     match run.consumer {
         Consumer::Traced => loop {
             match rx.try_recv_traced() {
-                Ok((m, shard)) => books.take_traced(m, shard),
+                Ok((m, shard)) => {
+                    books.take_traced(m, shard.expect("a bounded channel does not spill"))
+                }
                 Err(TryRecvError::Empty) => std::thread::yield_now(),
                 Err(TryRecvError::Disconnected) => break,
             }
@@ -258,7 +260,7 @@ fn consume(rx: Receiver<Msg>, run: Run, mut books: Books, gone: &AtomicBool) -> 
         Consumer::Many => {
             let mut out = Vec::with_capacity(48);
             loop {
-                if rx.recv_many(&mut out, 48) == 0 {
+                if rx.try_recv_many(&mut out, 48).unwrap_or(0) == 0 {
                     match rx.recv() {
                         Ok(m) => books.take(m),
                         Err(_) => break,
@@ -278,7 +280,9 @@ fn consume(rx: Receiver<Msg>, run: Run, mut books: Books, gone: &AtomicBool) -> 
             let stop = books.total() / 2;
             while books.received < stop {
                 match rx.try_recv_traced() {
-                    Ok((m, shard)) => books.take_traced(m, shard),
+                    Ok((m, shard)) => {
+                        books.take_traced(m, shard.expect("a bounded channel does not spill"))
+                    }
                     Err(TryRecvError::Empty) => std::thread::yield_now(),
                     Err(TryRecvError::Disconnected) => break,
                 }

@@ -351,7 +351,7 @@ fn work(shared: &Shared, worker: usize, mut rx: Receiver<Msg>) {
             LOCAL.with(|l| l.borrow_mut().as_mut().map(|l| l.running = 0));
             ran += 1;
         }
-        if rx.recv_many(&mut inject, INJECT_BATCH) == 0 && ran == 0 {
+        if rx.try_recv_many(&mut inject, INJECT_BATCH).unwrap_or(0) == 0 && ran == 0 {
             // Nothing local, nothing injected: wait for a spawner.
             match rx.recv() {
                 Ok(msg) => inject.push(msg),

@@ -349,6 +349,11 @@ impl Chunk {
         true
     }
 
+    /// Lanes of the chunk (materialised or not).
+    pub(crate) fn lane_count(&self) -> u32 {
+        self.lanes
+    }
+
     /// The lane for a thread on `cpu`, materialised.
     pub(crate) fn lane(&self, cpu: u32) -> u32 {
         let lane = cpu % self.lanes;

@@ -915,6 +915,7 @@ impl Words<'_> {
         slot_bytes: usize,
         src: *const u8,
     ) -> PushOutcome {
+        let open = AtomicU64::new(0);
         let site = PayloadSite::new(
             [
                 self.word(tail),
@@ -924,6 +925,7 @@ impl Words<'_> {
             ],
             mask + 1,
             slot_bytes,
+            &open,
         );
         // SAFETY: forwarded from the caller (one payload).
         match unsafe { site.push(src, 1) } {
@@ -955,6 +957,8 @@ pub(crate) struct PayloadSite<'a> {
     head: Word<'a>,
     buffer: Word<'a>,
     cached: Word<'a>,
+    /// The channel's gate: sends fail while it is non-zero.
+    gate: &'a AtomicU64,
     /// The section's operands with `src` null and `count` 0 (filled per push).
     args: PayloadArgs,
     numa: bool,
@@ -969,11 +973,12 @@ unsafe impl Sync for PayloadSite<'_> {}
 impl<'a> PayloadSite<'a> {
     /// The site of the ring whose words are `tail`, `head` and `buffer` (of one
     /// chunk), with `capacity` (a power of two) slots of `slot_bytes` (a multiple
-    /// of 8) bytes.
+    /// of 8) bytes; every push fails (as full) while `gate` is non-zero.
     pub(crate) fn new(
         [tail, head, buffer, cached]: [Word<'a>; 4],
         capacity: u64,
         slot_bytes: usize,
+        gate: &'a AtomicU64,
     ) -> PayloadSite<'a> {
         assert!(capacity.is_power_of_two() && slot_bytes.is_multiple_of(8));
         assert!(
@@ -995,6 +1000,7 @@ impl<'a> PayloadSite<'a> {
             head,
             buffer,
             cached,
+            gate,
             args: PayloadArgs {
                 tail: locate(tail),
                 head: locate(head),
@@ -1005,6 +1011,9 @@ impl<'a> PayloadSite<'a> {
                 count: 0,
                 slot_bytes: slot_bytes as u64,
                 cached: locate(cached),
+                // Only the asm reads it through this address (std's atomics have
+                // the layout of the plain integer); loom runs the spec instead.
+                gate: (gate as *const AtomicU64).cast(),
             },
             numa,
         }
@@ -1075,6 +1084,7 @@ impl<'a> PayloadSite<'a> {
         );
         let capacity = self.args.capacity;
         let slot_bytes = self.args.slot_bytes as usize;
+        let gate = self.gate;
         let plane = if self.numa { Plane::Node } else { Plane::Zero };
         let (outcome, shard) = run(
             chunk,
@@ -1114,6 +1124,7 @@ impl<'a> PayloadSite<'a> {
                     slot_bytes,
                     src,
                     count,
+                    gate,
                 };
                 // SAFETY: the caller's contract.
                 unsafe { spec::store_payload_commit_index(s, &payload) }
@@ -1212,6 +1223,82 @@ impl<'a> Word<'a> {
                 }
                 let now = word.load(Ordering::Acquire);
                 Ok(if now == new { Ok(()) } else { Err(now) })
+            }
+        }
+    }
+
+    /// Waits until every section on this word's chunk that started before the call
+    /// has committed or aborted, on every shard: after it, a section that reads a
+    /// flag the caller set before the call sees it. Slow: takes each lane's lock and
+    /// each simulated cid's commit lock (bumping its generation), and runs one rseq
+    /// fence when a thread may be in an rseq section.
+    ///
+    /// # Errors
+    /// [`ForeignError::Fence`] when the kernel refuses the rseq fence: sections on
+    /// rseq cids may then still be running with the old view.
+    pub(crate) fn quiesce(self) -> Result<(), ForeignError> {
+        let chunk = self.chunk;
+        for (shard, _) in self.shards() {
+            match shard {
+                Shard::Lane(lane) => {
+                    let lock = chunk.lane_unit(lane).word(HEADER_LOCK);
+                    simulated::lock_word(lock);
+                    simulated::unlock_word(lock);
+                }
+                Shard::Cid(cid) | Shard::NodeCid { cid, .. }
+                    if matches!(process().forced, Some((Backend::Simulated, _))) =>
+                {
+                    let node = match shard {
+                        Shard::NodeCid { node, .. } => node,
+                        _ => 0,
+                    };
+                    let unit = chunk.cid_unit(node, cid);
+                    simulated::lock_word(unit.word(HEADER_LOCK));
+                    unit.word(HEADER_GENERATION).fetch_add(1, Ordering::Relaxed);
+                    simulated::unlock_word(unit.word(HEADER_LOCK));
+                }
+                _ => {}
+            }
+        }
+        if matches!(
+            process().forced,
+            Some((Backend::Simulated | Backend::Portable, _))
+        ) || !any_rseq_thread()
+        {
+            return Ok(());
+        }
+        fence_rseq().map_err(ForeignError::Fence)
+    }
+
+    /// The shard the caller's next section on this word would most likely run on:
+    /// a hint read outside any section (the thread may move before it acts on it).
+    pub(crate) fn current_shard_hint(self) -> Shard {
+        let chunk = self.chunk;
+        match thread_backend() {
+            ThreadBackend::Rseq { .. } => {
+                let cid = crate::rseq::current_cid();
+                if chunk.is_numa() {
+                    Shard::NodeCid {
+                        node: crate::rseq::current_node(),
+                        cid,
+                    }
+                } else {
+                    Shard::Cid(cid)
+                }
+            }
+            ThreadBackend::Simulated => {
+                let cid = simulated::thread_cid();
+                if chunk.is_numa() {
+                    Shard::NodeCid {
+                        node: simulated::thread_node(),
+                        cid,
+                    }
+                } else {
+                    Shard::Cid(cid)
+                }
+            }
+            ThreadBackend::Portable => {
+                Shard::Lane(crate::rseq::portable_cpu() % chunk.lane_count())
             }
         }
     }

@@ -1,12 +1,15 @@
 //! The state both ends share: the per-cid rings' words in the arena, their slot
 //! buffers, the disconnection flags and the wake-up signals.
 
-use super::signal::{FenceMode, RxSignal, TxSignal};
+use super::signal::{FenceMode, RxSignal, TxSignal, lock};
 use crate::cid::{Arena, PayloadSite, Pushed, Shard, Word, Words};
-use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering};
 use std::alloc::Layout;
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
+use std::task::Waker;
+use std::time::Duration;
 
 /// Word offsets of a ring in its allocation: the tail and the producers' copy of
 /// the head (written by the sections) and the buffer address (installed once) on one
@@ -25,6 +28,18 @@ pub(super) const WORDS: usize = if cfg!(loom) { 4 } else { 16 };
 /// `closed` bits.
 pub(super) const SENDERS_GONE: u32 = 1;
 pub(super) const RECEIVER_GONE: u32 = 2;
+/// [`Receiver::close`](super::Receiver::close) ran.
+pub(super) const RECEIVER_CLOSED: u32 = 4;
+
+/// Gate bits: the word every send's critical section reads first, and fails on
+/// (as for a full ring) while it is non-zero.
+///
+/// The receiver closed or dropped the channel: no send may publish. Set before an
+/// rseq fence, so that after [`Chan::close_gate`] no send can commit.
+pub(super) const GATE_CLOSED: u64 = 1;
+/// Values wait in the spill queue: sends go there too, behind them, so that every
+/// thread's values keep their order. Set and cleared under the spill lock only.
+pub(super) const GATE_SPILL: u64 = 2;
 
 /// A value in a slot: `T` padded to whole words (the sections copy words) and
 /// aligned to at least 8. The padding is copied uninitialised, which the copy in
@@ -57,6 +72,16 @@ impl<T> Cell<T> {
 #[derive(Debug)]
 pub(super) struct Padded<T>(pub T);
 
+/// How a channel was configured (see [`super::Builder`]).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Options {
+    pub(super) unbounded: bool,
+    /// How long a blocking receive yields before it sleeps.
+    pub(super) idle_yield: Duration,
+    /// How long an async receive yields (and wakes its own task) before it sleeps.
+    pub(super) async_idle_yield: Duration,
+}
+
 /// The shared state of one channel.
 pub(super) struct Chan<T> {
     // Read-mostly line: everything a send reads.
@@ -66,11 +91,25 @@ pub(super) struct Chan<T> {
     /// Slots per ring (a power of two).
     pub(super) capacity: u64,
     pub(super) slot_bytes: usize,
+    pub(super) options: Options,
+    /// Most rings the arena can give the channel (every possible shard).
+    pub(super) max_rings: u64,
     buffer_layout: Layout,
     /// Whether buffers are mapped and bound to their node (NUMA mode).
     numa: bool,
     words: Words<'static>,
+    /// The gate word (`GATE_*`), on a line of its own: its address is in the
+    /// site's operands, so it cannot move with the channel.
+    gate: *mut Padded<AtomicU64>,
+    /// Strong senders (the channel disconnects when the last one goes).
     pub(super) senders: Padded<AtomicU64>,
+    pub(super) weak: AtomicU64,
+    /// Permits taken and not yet used or dropped.
+    pub(super) permits: AtomicU64,
+    /// Values that found their ring full (unbounded channels, permits), in order.
+    pub(super) spill: Padded<Mutex<VecDeque<T>>>,
+    /// Tasks waiting in `Sender::closed`, by registration id.
+    pub(super) closers: Mutex<Vec<(u64, Waker)>>,
     pub(super) rx: Padded<RxSignal>,
     pub(super) tx: Padded<TxSignal>,
     _values: PhantomData<T>,
@@ -78,7 +117,7 @@ pub(super) struct Chan<T> {
 
 // SAFETY: a `Chan<T>` moves `T`s between threads (sent values) and drops them on
 // whichever thread drops the channel: `T: Send` suffices. Its own state is atomics,
-// mutexes and addresses of arena words and buffers it owns.
+// mutexes and addresses of arena words, buffers and the gate word it owns.
 unsafe impl<T: Send> Send for Chan<T> {}
 // SAFETY: as for `Send`; shared access goes through atomics, mutexes and the rseq
 // sections (one owner per slot at any time: see `super`).
@@ -91,8 +130,12 @@ impl<T> Chan<T> {
         arena: &'static Arena,
         capacity: u64,
         buffer_layout: Layout,
+        options: Options,
     ) -> Result<Chan<T>, crate::cid::StorageError> {
         let words = arena.alloc(WORDS)?;
+        let gate = Box::into_raw(Box::new(Padded(AtomicU64::new(0))));
+        // SAFETY: freed by `Drop` only, after the site (and every send) is gone.
+        let gate_word: &'static AtomicU64 = unsafe { &(*gate).0 };
         // The site's words are the channel's while it holds `words` (freed last).
         let site = PayloadSite::new(
             [
@@ -103,7 +146,10 @@ impl<T> Chan<T> {
             ],
             capacity,
             size_of::<Cell<T>>(),
+            gate_word,
         );
+        let max_rings = u64::from(arena.cid_capacity()) * u64::from(arena.nodes().max(1))
+            + u64::from(arena.lanes());
         Ok(Chan {
             numa: site.is_numa(),
             site,
@@ -111,13 +157,139 @@ impl<T> Chan<T> {
             closed: AtomicU32::new(0),
             capacity,
             slot_bytes: size_of::<Cell<T>>(),
+            options,
+            max_rings,
             buffer_layout,
             words,
+            gate,
             senders: Padded(AtomicU64::new(1)),
+            weak: AtomicU64::new(0),
+            permits: AtomicU64::new(0),
+            spill: Padded(Mutex::new(VecDeque::new())),
+            closers: Mutex::new(Vec::new()),
             rx: Padded(RxSignal::new()),
             tx: Padded(TxSignal::new()),
             _values: PhantomData,
         })
+    }
+
+    /// The gate word (`GATE_*`).
+    #[inline(always)]
+    pub(super) fn gate(&self) -> &AtomicU64 {
+        // SAFETY: allocated in `new`, freed in `Drop`.
+        unsafe { &(*self.gate).0 }
+    }
+
+    /// Closes the gate for good (receiver closed or dropped) and, when `fence`,
+    /// waits until no send that read the gate open can still publish: every send
+    /// after this fails, and every send before it is visible to the receiver.
+    /// Senders blocked on a full ring and tasks in `Sender::closed` are woken.
+    /// False when the fence was refused (see [`crate::cid`]'s `quiesce`): a send
+    /// already inside its section may then still publish.
+    pub(super) fn close_gate(&self, fence: bool) -> bool {
+        self.gate().fetch_or(GATE_CLOSED, Ordering::SeqCst);
+        // A spilling sender checks the gate under the spill lock: once we held it,
+        // every later spill sees the gate closed.
+        drop(lock(&self.spill.0));
+        let fenced = !fence || self.word(TAIL).quiesce().is_ok();
+        self.tx.0.wake(u64::MAX);
+        let closers = std::mem::take(&mut *lock(&self.closers));
+        for (_, w) in closers {
+            w.wake();
+        }
+        fenced
+    }
+
+    /// Whether the gate is closed (receiver closed or gone).
+    #[inline]
+    pub(super) fn gate_closed(&self) -> bool {
+        self.gate().load(Ordering::Acquire) & GATE_CLOSED != 0
+    }
+
+    /// Puts `value` in the spill queue (behind every value there, with the gate's
+    /// spill bit set), unless the caller's ring has room after all and the channel
+    /// is not spilling: then it goes there. `Err` gives the value back when the gate
+    /// is closed, unless `force` (a permit, whose send cannot fail).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn spill(&self, value: T, force: bool) -> Result<(), T> {
+        let mut queue = lock(&self.spill.0);
+        let mut value = value;
+        let gate = self.gate().load(Ordering::SeqCst);
+        if gate & GATE_CLOSED != 0 && !force {
+            return Err(value);
+        }
+        if gate & GATE_SPILL == 0 {
+            if gate & GATE_CLOSED == 0 {
+                // The receiver may have emptied the ring since the section failed.
+                let cell = Cell::new(value);
+                // SAFETY: one initialised cell, forgotten once published.
+                match unsafe { self.push(&cell, 1) } {
+                    Pushed::Committed(_) => {
+                        drop(queue);
+                        self.rx.0.notify(self.fence);
+                        return Ok(());
+                    }
+                    _ => value = cell.into_inner(),
+                }
+                if self.gate().load(Ordering::SeqCst) & GATE_CLOSED != 0 && !force {
+                    return Err(value);
+                }
+            }
+            self.gate().fetch_or(GATE_SPILL, Ordering::SeqCst);
+        }
+        queue.push_back(value);
+        drop(queue);
+        self.rx.0.notify(self.fence);
+        Ok(())
+    }
+
+    /// Whether a send from the caller would likely find room now: the channel does
+    /// not spill and the ring of the caller's shard (a hint: the thread may move)
+    /// is not full. What `reserve` waits for.
+    pub(super) fn room_hint(&self) -> bool {
+        if self.options.unbounded {
+            return true;
+        }
+        if self.gate().load(Ordering::Acquire) & GATE_SPILL != 0 {
+            return false;
+        }
+        let tails = self.word(TAIL);
+        let shard = tails.current_shard_hint();
+        match (tails.at(shard), self.word(HEAD).at(shard)) {
+            (Some(tail), Some(head)) => {
+                let used = tail
+                    .load(Ordering::Acquire)
+                    .wrapping_sub(head.load(Ordering::Acquire));
+                used < self.capacity
+            }
+            _ => true,
+        }
+    }
+
+    /// Values in the rings and the spill queue now (a racy sum: senders and the
+    /// receiver move while it adds up; values the receiver took and has not
+    /// returned the slots of count as queued).
+    pub(super) fn queued(&self) -> usize {
+        let heads = self.word(HEAD);
+        let mut n: u64 = 0;
+        for (shard, tail) in self.word(TAIL).shards() {
+            if let Some(head) = heads.at(shard) {
+                let used = tail
+                    .load(Ordering::Acquire)
+                    .wrapping_sub(head.load(Ordering::Acquire));
+                n = n.saturating_add(used.min(self.capacity));
+            }
+        }
+        (n as usize).saturating_add(lock(&self.spill.0).len())
+    }
+
+    /// The most values the rings can hold: `capacity × max_rings`.
+    pub(super) fn max_capacity(&self) -> usize {
+        if self.options.unbounded {
+            return usize::MAX;
+        }
+        self.capacity.saturating_mul(self.max_rings) as usize
     }
 
     /// One of the ring words, with the channel's lifetime.
@@ -263,5 +435,7 @@ impl<T> Drop for Chan<T> {
             // SAFETY: allocated by `alloc_buffer`; no end is left to use it.
             unsafe { self.free_buffer(buffer) };
         }
+        // SAFETY: allocated in `new`; the site that held its address goes with us.
+        drop(unsafe { Box::from_raw(self.gate) });
     }
 }

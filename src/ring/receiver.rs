@@ -1,10 +1,14 @@
 //! The consuming end: one [`Receiver`] that visits the per-cid rings round-robin.
 
-use super::chan::{BUFFER, Chan, HEAD, RECEIVER_GONE, SENDERS_GONE, TAIL};
-use super::signal::Waiter;
-use super::{RecvError, TryRecvError};
+use super::blocking;
+use super::chan::{
+    BUFFER, Chan, GATE_SPILL, HEAD, RECEIVER_CLOSED, RECEIVER_GONE, SENDERS_GONE, TAIL,
+};
+use super::signal::{Waiter, lock};
+use super::{RecvError, RecvTimeoutError, TryRecvError};
 use crate::cid::Shard;
-use crate::sync::{Arc, AtomicU64, Ordering, current_thread, park, spin_loop, yield_now};
+use crate::sync::{Arc, AtomicU64, Ordering, current_thread, spin_loop, yield_now};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -29,13 +33,17 @@ const MAX_SPIN: u32 = if cfg!(loom) { 0 } else { 128 };
 /// Values a look after a wait should find (see [`MAX_SPIN`]).
 const LOOK_TARGET: u64 = 8;
 
-/// How long a receive that finds the rings empty keeps looking (yielding the thread,
-/// and an async receive also its task to the runtime) before it sleeps. A sleep
-/// costs the next sender a system call to wake the receiver, and a receiver that
-/// sleeps as soon as it has caught up is woken again by nearly every send: the two
-/// then take turns, one value each. Staying awake this long lets a run of sends pile
-/// up first.
-const IDLE_BUDGET: Duration = Duration::from_micros(if cfg!(loom) { 0 } else { 50 });
+/// How long a blocking receive that finds the rings empty keeps looking (yielding
+/// the thread) before it sleeps, unless the builder says otherwise. A sleep costs
+/// the next sender a system call to wake the receiver, and a receiver that sleeps
+/// as soon as it has caught up is woken again by nearly every send: the two then
+/// take turns, one value each. Staying awake this long lets a run of sends pile up
+/// first. Async receives do not yield by default (see the module docs).
+pub(super) const IDLE_YIELD: Duration = Duration::from_micros(if cfg!(loom) { 0 } else { 50 });
+
+/// Spill batches keep at most this many slots once the receiver caught up: the rest
+/// of a burst's memory goes back.
+const SPILL_KEEP: usize = 64;
 
 /// The receiving end of a [`channel`](super::channel): `Send`, not `Clone` (one
 /// consumer), every method takes `&mut self`.
@@ -56,12 +64,19 @@ pub struct Receiver<T> {
     idle_since: Option<Instant>,
     /// Pauses before the next look when the rings were empty (see [`MAX_SPIN`]).
     spin: u32,
+    /// Values taken from the spill queue in one go, handed out after the rings.
+    spilled: VecDeque<T>,
+    /// A receive reported the channel closed and empty (`FusedStream`).
+    terminated: bool,
 }
 
 // SAFETY: the raw pointers in `rings` are addresses of words in the channel's arena
 // run and of its slot buffers, which the `Arc` keeps alive; the receiver is the only
 // writer of the head words, wherever it runs. Values of type `T` cross threads.
 unsafe impl<T: Send> Send for Receiver<T> {}
+
+// Nothing of a receiver is pinned: values move in and out by value.
+impl<T> Unpin for Receiver<T> {}
 
 /// The receiver's view of one shard's ring.
 struct SubRing {
@@ -92,13 +107,29 @@ impl<T> Receiver<T> {
             wake_every,
             idle_since: None,
             spin: 1,
+            spilled: VecDeque::new(),
+            terminated: false,
         };
         rx.refresh();
         rx
     }
 
     /// Takes a value without blocking: [`TryRecvError::Empty`] when every ring is
-    /// empty, [`TryRecvError::Disconnected`] when moreover every sender is gone.
+    /// empty, [`TryRecvError::Disconnected`] when moreover every sender is gone or
+    /// the channel was closed (and no permit is out).
+    ///
+    /// # Errors
+    /// As above.
+    ///
+    /// ```
+    /// use percid::ring::{TryRecvError, channel};
+    /// let (tx, mut rx) = channel::<u32>(4).unwrap();
+    /// assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    /// tx.send(1).unwrap();
+    /// drop(tx);
+    /// assert_eq!(rx.try_recv(), Ok(1));
+    /// assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    /// ```
     #[inline]
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
         if let Some(v) = self.next_value() {
@@ -109,32 +140,103 @@ impl<T> Receiver<T> {
 
     #[cold]
     fn empty_result(&mut self) -> Result<T, TryRecvError> {
-        if self.chan.closed.load(Ordering::SeqCst) & SENDERS_GONE != 0 {
-            // Every send happened before the last sender's drop: look once more.
-            return self.next_value().ok_or(TryRecvError::Disconnected);
+        if self.finished() {
+            // Every send happened before what `finished` saw: look once more.
+            return match self.next_value() {
+                Some(v) => Ok(v),
+                None => {
+                    self.terminated = true;
+                    Err(TryRecvError::Disconnected)
+                }
+            };
         }
         Err(TryRecvError::Empty)
+    }
+
+    /// Whether no value can come any more: every sender is gone, or the channel
+    /// was closed and no permit is out (the caller then looks once more).
+    fn finished(&self) -> bool {
+        let closed = self.chan.closed.load(Ordering::SeqCst);
+        if closed & SENDERS_GONE != 0 {
+            return true;
+        }
+        // Against `try_permit`: it sees the gate closed or we see its permit.
+        closed & RECEIVER_CLOSED != 0 && self.chan.permits.load(Ordering::SeqCst) == 0
     }
 
     /// [`Receiver::try_recv`] that also says which shard's ring held the value
-    /// (tests check FIFO order per ring with it).
+    /// (tests check FIFO order per ring with it); spilled values carry `None`.
     #[cfg(feature = "testing")]
     #[doc(hidden)]
-    pub fn try_recv_traced(&mut self) -> Result<(T, Shard), TryRecvError> {
-        if let Some(entry) = self.next_entry() {
-            return Ok(entry);
+    pub fn try_recv_traced(&mut self) -> Result<(T, Option<Shard>), TryRecvError> {
+        if let Some((v, shard)) = self.next_entry() {
+            return Ok((v, Some(shard)));
         }
-        if self.chan.closed.load(Ordering::SeqCst) & SENDERS_GONE != 0 {
-            return self.next_entry().ok_or(TryRecvError::Disconnected);
+        if let Some(v) = self.next_spilled() {
+            return Ok((v, None));
         }
-        Err(TryRecvError::Empty)
+        self.empty_result().map(|v| (v, None))
     }
 
     /// Takes a value, blocking while every ring is empty; `Err` once every sender is
-    /// gone and nothing is left.
+    /// gone (or the channel was closed) and nothing is left.
+    ///
+    /// # Errors
+    /// [`RecvError`] as above.
+    ///
+    /// # Panics
+    /// With feature `tokio`, when it would block a current-thread tokio runtime (see
+    /// [the module docs](super#blocking-inside-an-async-runtime)).
     pub fn recv(&mut self) -> Result<T, RecvError> {
+        self.recv_until(None).map_err(|_| RecvError)
+    }
+
+    /// [`Receiver::recv`] in tokio's shape: `None` once the channel is closed (or
+    /// every sender gone) and empty.
+    ///
+    /// # Panics
+    /// As [`Receiver::recv`].
+    pub fn blocking_recv(&mut self) -> Option<T> {
+        self.recv().ok()
+    }
+
+    /// Takes a value, blocking while every ring is empty for at most `timeout`.
+    ///
+    /// # Errors
+    /// [`RecvTimeoutError::Timeout`] when nothing came in time,
+    /// [`RecvTimeoutError::Disconnected`] when the channel is closed (or every
+    /// sender gone) and empty.
+    ///
+    /// # Panics
+    /// As [`Receiver::recv`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use percid::ring::{RecvTimeoutError, channel};
+    /// let (tx, mut rx) = channel::<u32>(4).unwrap();
+    /// assert_eq!(rx.recv_timeout(Duration::from_millis(5)), Err(RecvTimeoutError::Timeout));
+    /// tx.send(3).unwrap();
+    /// assert_eq!(rx.recv_timeout(Duration::from_millis(5)), Ok(3));
+    /// ```
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_until(Instant::now().checked_add(timeout))
+    }
+
+    /// Takes a value, blocking while every ring is empty until `deadline`.
+    ///
+    /// # Errors
+    /// As [`Receiver::recv_timeout`].
+    ///
+    /// # Panics
+    /// As [`Receiver::recv`].
+    pub fn recv_deadline(&mut self, deadline: Instant) -> Result<T, RecvTimeoutError> {
+        self.recv_until(Some(deadline))
+    }
+
+    fn recv_until(&mut self, deadline: Option<Instant>) -> Result<T, RecvTimeoutError> {
         let mut idle_since = None;
         let mut waited = false;
+        let idle_yield = self.chan.options.idle_yield;
         loop {
             match self.try_recv() {
                 Ok(v) => {
@@ -143,14 +245,17 @@ impl<T> Receiver<T> {
                     }
                     return Ok(v);
                 }
-                Err(TryRecvError::Disconnected) => return Err(RecvError),
+                Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
                 Err(TryRecvError::Empty) => {}
             }
             waited = true;
             if self.pause() {
                 continue;
             }
-            if idle_since.get_or_insert_with(Instant::now).elapsed() < IDLE_BUDGET {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(RecvTimeoutError::Timeout);
+            }
+            if idle_since.get_or_insert_with(Instant::now).elapsed() < idle_yield {
                 yield_now();
                 continue;
             }
@@ -165,12 +270,19 @@ impl<T> Receiver<T> {
                 }
                 Err(TryRecvError::Disconnected) => {
                     rx.cancel_sleep();
-                    return Err(RecvError);
+                    return Err(RecvTimeoutError::Disconnected);
                 }
                 Err(TryRecvError::Empty) => {}
             }
             while rx.sleeping() {
-                park();
+                if !blocking::park_until(deadline) {
+                    rx.cancel_sleep();
+                    return match self.try_recv() {
+                        Ok(v) => Ok(v),
+                        Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                        Err(TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
+                    };
+                }
             }
             idle_since = None;
         }
@@ -208,11 +320,34 @@ impl<T> Receiver<T> {
     }
 
     /// Takes a value, waiting asynchronously while every ring is empty.
+    ///
+    /// # Errors
+    /// The future gives [`RecvError`] once the channel is closed (or every sender
+    /// gone) and empty.
+    ///
+    /// ```
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # rt.block_on(async {
+    /// let (tx, mut rx) = percid::ring::unbounded::<u32>().unwrap();
+    /// std::thread::spawn(move || tx.send(9).unwrap());
+    /// assert_eq!(rx.recv_async().await, Ok(9));
+    /// assert!(rx.recv_async().await.is_err());
+    /// # });
+    /// ```
     pub fn recv_async(&mut self) -> RecvFuture<'_, T> {
         RecvFuture { rx: self }
     }
 
     /// The poll behind [`Receiver::recv_async`] and the `Stream` implementation.
+    ///
+    /// It spins briefly (a few hundred pauses at most) when the rings are empty,
+    /// then registers the waker and returns `Pending`: it never wakes its own task,
+    /// so an executor polls it again only once a sender woke it (unless the builder
+    /// opted in to [`Builder::async_idle_yield`](super::Builder::async_idle_yield)).
+    ///
+    /// # Errors
+    /// `Ready(Err(RecvError))` once the channel is closed (or every sender gone)
+    /// and empty.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<T, RecvError>> {
         if self.chan.rx.0.sleeping() {
             // Polled while nobody woke us: a send since the last check would have.
@@ -239,10 +374,11 @@ impl<T> Receiver<T> {
                 break;
             }
         }
-        if self.idle_since.get_or_insert_with(Instant::now).elapsed() < IDLE_BUDGET {
-            // Yield rather than sleep (see `IDLE_BUDGET`): the task to its runtime,
-            // and the thread to the OS, so a sender waiting for this very CPU runs
-            // (a system call, never a block).
+        let budget = self.chan.options.async_idle_yield;
+        if !budget.is_zero() && self.idle_since.get_or_insert_with(Instant::now).elapsed() < budget
+        {
+            // Opted in: yield rather than sleep, the task to its runtime and the
+            // thread to the OS (see `Builder::async_idle_yield` for the cost).
             yield_now();
             cx.waker().wake_by_ref();
             return Poll::Pending;
@@ -263,32 +399,165 @@ impl<T> Receiver<T> {
         }
     }
 
-    /// Appends up to `max` values to `out` without blocking; returns how many.
-    pub fn recv_many(&mut self, out: &mut Vec<T>, max: usize) -> usize {
+    /// Appends up to `limit` values to `buf`, blocking until there is at least one;
+    /// returns how many. 0 only when `limit` is 0 or the channel is closed (or every
+    /// sender gone) and empty — the meaning of tokio's `recv_many`.
+    ///
+    /// # Panics
+    /// As [`Receiver::recv`].
+    ///
+    /// ```
+    /// let (tx, mut rx) = percid::ring::channel::<u32>(8).unwrap();
+    /// tx.send_many([1, 2, 3]).unwrap();
+    /// drop(tx);
+    /// let mut buf = Vec::new();
+    /// assert_eq!(rx.recv_many(&mut buf, 10), 3);
+    /// assert_eq!(buf, [1, 2, 3]);
+    /// assert_eq!(rx.recv_many(&mut buf, 10), 0);
+    /// ```
+    pub fn recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> usize {
+        if limit == 0 {
+            return 0;
+        }
+        match self.try_recv_many(buf, limit) {
+            Ok(n) => n,
+            Err(TryRecvError::Disconnected) => 0,
+            Err(TryRecvError::Empty) => match self.recv() {
+                Ok(v) => {
+                    buf.push(v);
+                    1 + self.try_recv_many(buf, limit - 1).unwrap_or(0)
+                }
+                Err(RecvError) => 0,
+            },
+        }
+    }
+
+    /// [`Receiver::recv_many`] as a future (tokio's `recv_many`).
+    pub fn recv_many_async<'a>(
+        &'a mut self,
+        buf: &'a mut Vec<T>,
+        limit: usize,
+    ) -> RecvManyFuture<'a, T> {
+        RecvManyFuture {
+            rx: self,
+            buf,
+            limit,
+        }
+    }
+
+    /// The poll behind [`Receiver::recv_many_async`]: `Ready(n)` as
+    /// [`Receiver::recv_many`] returns `n`.
+    pub fn poll_recv_many(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut Vec<T>,
+        limit: usize,
+    ) -> Poll<usize> {
+        if limit == 0 {
+            return Poll::Ready(0);
+        }
+        match self.try_recv_many(buf, limit) {
+            Ok(n) => Poll::Ready(n),
+            Err(TryRecvError::Disconnected) => Poll::Ready(0),
+            Err(TryRecvError::Empty) => match self.poll_recv(cx) {
+                Poll::Ready(Ok(v)) => {
+                    buf.push(v);
+                    Poll::Ready(1 + self.try_recv_many(buf, limit - 1).unwrap_or(0))
+                }
+                Poll::Ready(Err(RecvError)) => Poll::Ready(0),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    /// Appends up to `limit` values to `buf` without blocking, taking runs of each
+    /// ring; `Ok(n)` with `n >= 1` (or 0 when `limit` is 0).
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] when nothing is there now,
+    /// [`TryRecvError::Disconnected`] when nothing ever will be.
+    pub fn try_recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, TryRecvError> {
         let mut taken = 0;
-        while taken < max {
-            let got = self.next_run(out, max - taken);
-            if got == 0 {
-                if self.chan.closed.load(Ordering::SeqCst) & SENDERS_GONE == 0 {
-                    break;
-                }
-                // Every send happened before the last sender's drop: look once more.
-                let last = self.next_run(out, max - taken);
-                taken += last;
-                if last == 0 {
-                    break;
-                }
+        while taken < limit {
+            let got = self.next_run(buf, limit - taken);
+            if got > 0 {
+                taken += got;
                 continue;
             }
-            taken += got;
+            match self.next_spilled() {
+                Some(v) => {
+                    buf.push(v);
+                    taken += 1;
+                }
+                None => break,
+            }
         }
-        taken
+        if taken > 0 || limit == 0 {
+            return Ok(taken);
+        }
+        match self.empty_result() {
+            Ok(v) => {
+                buf.push(v);
+                Ok(1 + self.try_recv_many(buf, limit - 1).unwrap_or(0))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// An iterator over the values in the rings now; it ends at the first empty
-    /// poll and never blocks.
+    /// poll and never blocks (as [`Receiver::try_iter`]).
     pub fn drain(&mut self) -> Drain<'_, T> {
         Drain { rx: self }
+    }
+
+    /// A blocking iterator (crossbeam's `iter`): each `next` is a [`Receiver::recv`];
+    /// it ends once the channel is closed (or every sender gone) and empty.
+    ///
+    /// ```
+    /// let (tx, mut rx) = percid::ring::channel::<u32>(8).unwrap();
+    /// std::thread::spawn(move || (0..5).for_each(|i| tx.send(i).unwrap()));
+    /// assert_eq!(rx.iter().sum::<u32>(), 10);
+    /// ```
+    pub fn iter(&mut self) -> Iter<'_, T> {
+        Iter { rx: self }
+    }
+
+    /// A non-blocking iterator (crossbeam's `try_iter`): the values there now.
+    pub fn try_iter(&mut self) -> TryIter<'_, T> {
+        TryIter { rx: self }
+    }
+
+    /// Closes the channel without dropping the receiver (tokio's `close`): every
+    /// send after this fails with its value back (permits already taken still
+    /// deliver), blocked senders and [`Sender::closed`](super::Sender::closed)
+    /// futures wake, and the receiver goes on taking what was sent before; once
+    /// that is taken, receives report the channel closed.
+    ///
+    /// Exact where the kernel has the rseq fence (`membarrier`, Linux 5.10 and
+    /// later; [`crate::rseq::fence_available`]): once `close` returns no send can
+    /// publish. Without it a send already inside its critical section may still
+    /// publish after `close`; its value is then dropped with the channel.
+    ///
+    /// ```
+    /// use percid::ring::TrySendError;
+    /// let (tx, mut rx) = percid::ring::channel::<u32>(4).unwrap();
+    /// tx.send(1).unwrap();
+    /// rx.close();
+    /// assert_eq!(tx.try_send(2), Err(TrySendError::Disconnected(2)));
+    /// assert_eq!(rx.recv(), Ok(1));
+    /// assert!(rx.recv().is_err());
+    /// ```
+    pub fn close(&mut self) {
+        if self.chan.closed.fetch_or(RECEIVER_CLOSED, Ordering::SeqCst) & RECEIVER_CLOSED != 0 {
+            return;
+        }
+        self.chan.close_gate(true);
+    }
+
+    /// Whether the channel is closed: [`Receiver::close`] ran or every sender is
+    /// gone (values may still be left to take).
+    pub fn is_closed(&self) -> bool {
+        self.chan.closed.load(Ordering::Acquire) & (RECEIVER_CLOSED | SENDERS_GONE) != 0
     }
 
     /// Whether every sender is gone (values may still be left to take).
@@ -296,9 +565,46 @@ impl<T> Receiver<T> {
         self.chan.closed.load(Ordering::Acquire) & SENDERS_GONE != 0
     }
 
+    /// Values queued now: a racy sum over the rings and the spill queue (senders
+    /// move while it adds up), exact on a quiescent channel.
+    pub fn len(&self) -> usize {
+        let mut n = self.spilled.len();
+        for r in &self.rings {
+            // SAFETY: words of the channel's run (see `Send`).
+            let tail = unsafe { &*r.tail }.load(Ordering::Acquire);
+            n = n.saturating_add(tail.wrapping_sub(r.next).min(self.chan.capacity) as usize);
+        }
+        n.saturating_add(lock(&self.chan.spill.0).len())
+    }
+
+    /// Whether [`Receiver::len`] is 0.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// [`Receiver::max_capacity`] less [`Receiver::len`] (`usize::MAX` unbounded).
+    pub fn capacity(&self) -> usize {
+        self.chan.max_capacity().saturating_sub(self.len())
+    }
+
+    /// As [`Sender::max_capacity`](super::Sender::max_capacity).
+    pub fn max_capacity(&self) -> usize {
+        self.chan.max_capacity()
+    }
+
     /// Slots of each cid's ring.
     pub fn capacity_per_cid(&self) -> usize {
         self.chan.capacity as usize
+    }
+
+    /// Senders (strong) of the channel.
+    pub fn sender_strong_count(&self) -> usize {
+        self.chan.senders.0.load(Ordering::Acquire) as usize
+    }
+
+    /// Weak senders of the channel.
+    pub fn sender_weak_count(&self) -> usize {
+        self.chan.weak.load(Ordering::Acquire) as usize
     }
 
     /// Rings the receiver visits: one per shard (cid, or (node, cid) in NUMA mode,
@@ -308,14 +614,52 @@ impl<T> Receiver<T> {
         self.rings.len()
     }
 
-    /// The next value, visiting the current ring for up to [`BURST`] values, then
-    /// the others in turn; `None` when all are empty.
+    /// The next value: the rings first, then the spill queue.
     #[inline]
     fn next_value(&mut self) -> Option<T> {
-        self.next_entry().map(|(v, _)| v)
+        if let Some((v, _)) = self.next_entry() {
+            return Some(v);
+        }
+        self.next_spilled()
     }
 
-    /// [`Receiver::next_value`] with the shard whose ring held the value.
+    /// The next spilled value, once the rings are empty. A value committed to a
+    /// ring before a value was spilled is visible to the rings' look that follows
+    /// the take of the spill queue (the spill lock orders them), so the caller,
+    /// which looks at the rings before every spilled value, hands it out first:
+    /// each thread's values keep their order.
+    #[cold]
+    #[inline(never)]
+    fn next_spilled(&mut self) -> Option<T> {
+        if let Some(v) = self.spilled.pop_front() {
+            return Some(v);
+        }
+        if self.chan.gate().load(Ordering::Acquire) & GATE_SPILL == 0 {
+            return None;
+        }
+        let mut queue = lock(&self.chan.spill.0);
+        if queue.is_empty() {
+            // Caught up: sends go back to the rings, and a burst's memory back to
+            // the allocator.
+            self.chan.gate().fetch_and(!GATE_SPILL, Ordering::SeqCst);
+            drop(queue);
+            if self.spilled.capacity() > SPILL_KEEP {
+                self.spilled = VecDeque::new();
+            }
+            self.chan.tx.0.notify(1);
+            return None;
+        }
+        std::mem::swap(&mut *queue, &mut self.spilled);
+        drop(queue);
+        if let Some((v, _)) = self.next_entry() {
+            return Some(v);
+        }
+        self.spilled.pop_front()
+    }
+
+    /// The next value of the rings, visiting the current ring for up to [`BURST`]
+    /// values, then the others in turn, with the shard whose ring held it; `None`
+    /// when all are empty.
     #[inline]
     fn next_entry(&mut self) -> Option<(T, Shard)> {
         for _ in 0..2 {
@@ -500,6 +844,9 @@ impl<T> Receiver<T> {
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         self.chan.closed.fetch_or(RECEIVER_GONE, Ordering::SeqCst);
+        // No fence: a send racing the drop may still publish, and its value is
+        // dropped with the channel.
+        self.chan.close_gate(false);
         // Drop what the rings hold now; what senders publish in the meantime is
         // dropped with the channel, by whichever end goes last.
         self.refresh();
@@ -519,6 +866,10 @@ impl<T> Drop for Receiver<T> {
             }
         }
         chan.tx.0.wake(u64::MAX);
+        self.spilled.clear();
+        // Dropped outside the lock: a value's drop may use the channel.
+        let spilled = std::mem::take(&mut *lock(&chan.spill.0));
+        drop(spilled);
     }
 }
 
@@ -550,6 +901,81 @@ impl<T> fmt::Debug for Drain<'_, T> {
     }
 }
 
+/// The blocking iterator of [`Receiver::iter`].
+pub struct Iter<'a, T> {
+    rx: &'a mut Receiver<T>,
+}
+
+impl<T> Iterator for Iter<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        self.rx.recv().ok()
+    }
+}
+
+impl<T> fmt::Debug for Iter<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Iter").finish_non_exhaustive()
+    }
+}
+
+/// The non-blocking iterator of [`Receiver::try_iter`].
+pub struct TryIter<'a, T> {
+    rx: &'a mut Receiver<T>,
+}
+
+impl<T> Iterator for TryIter<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl<T> fmt::Debug for TryIter<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TryIter").finish_non_exhaustive()
+    }
+}
+
+/// The owning blocking iterator of a [`Receiver`] (`for v in rx`).
+pub struct IntoIter<T> {
+    rx: Receiver<T>,
+}
+
+impl<T> Iterator for IntoIter<T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        self.rx.recv().ok()
+    }
+}
+
+impl<T> fmt::Debug for IntoIter<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntoIter").finish_non_exhaustive()
+    }
+}
+
+impl<T> IntoIterator for Receiver<T> {
+    type Item = T;
+    type IntoIter = IntoIter<T>;
+
+    fn into_iter(self) -> IntoIter<T> {
+        IntoIter { rx: self }
+    }
+}
+
+impl<'a, T> IntoIterator for &'a mut Receiver<T> {
+    type Item = T;
+    type IntoIter = Iter<'a, T>;
+
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
+    }
+}
+
 /// The future of [`Receiver::recv_async`].
 #[must_use = "futures do nothing unless polled"]
 pub struct RecvFuture<'a, T> {
@@ -570,11 +996,44 @@ impl<T> fmt::Debug for RecvFuture<'_, T> {
     }
 }
 
+/// The future of [`Receiver::recv_many_async`].
+#[must_use = "futures do nothing unless polled"]
+pub struct RecvManyFuture<'a, T> {
+    rx: &'a mut Receiver<T>,
+    buf: &'a mut Vec<T>,
+    limit: usize,
+}
+
+impl<T> Future for RecvManyFuture<'_, T> {
+    type Output = usize;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        let this = &mut *self;
+        this.rx.poll_recv_many(cx, this.buf, this.limit)
+    }
+}
+
+impl<T> fmt::Debug for RecvManyFuture<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecvManyFuture").finish_non_exhaustive()
+    }
+}
+
 #[cfg(feature = "async")]
 impl<T> futures_core::Stream for Receiver<T> {
     type Item = T;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if self.terminated {
+            return Poll::Ready(None);
+        }
         self.poll_recv(cx).map(Result::ok)
+    }
+}
+
+#[cfg(feature = "async")]
+impl<T> futures_core::FusedStream for Receiver<T> {
+    fn is_terminated(&self) -> bool {
+        self.terminated
     }
 }

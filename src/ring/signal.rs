@@ -107,7 +107,9 @@ impl Waiter {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, ignoring poisoning (no lock of the channel guards an invariant a
+/// panic can break half-way).
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

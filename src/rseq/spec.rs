@@ -18,7 +18,7 @@
 //! | `load_cbne_store(e, n)` | `if word(idx) != e { fail(seen) }; commit word(idx) = n` | committed / compare failed |
 //! | `list_pop()` | `h = word(idx); if h.node == 0 { fail }; commit word(idx) = h.node.next` | committed(node) / empty |
 //! | `list_push(n, max)` | `h = word(idx); if h.len >= max { fail }; n.next = h; commit word(idx) = n \| (h.len + 1) << 48` | committed / full |
-//! | `store_payload_commit_index(v[..c])` | `t = tail(idx); h = cached(idx); if t - h >= cap { h = cached(idx) = head(idx); if t - h >= cap { fail } }; n = min(c, cap - (t - h)); slot[(t + k) & mask] = v[k] for k < n; commit tail(idx) = t + n` | committed(n) / full |
+//! | `store_payload_commit_index(v[..c])` | `if gate != 0 { fail }; t = tail(idx); h = cached(idx); if t - h >= cap { h = cached(idx) = head(idx); if t - h >= cap { fail } }; n = min(c, cap - (t - h)); slot[(t + k) & mask] = v[k] for k < n; commit tail(idx) = t + n` | committed(n) / full |
 //!
 //! The NUMA form reads the node (`node_id`) inside the section too, next to `idx`, and
 //! works on the unit of `idx` in that node's plane (see [`crate::cid`]): its pseudocode
@@ -141,6 +141,8 @@ pub(crate) struct Payload<'a> {
     /// `count` payloads of `slot_bytes` bytes each.
     pub src: *const u8,
     pub count: usize,
+    /// Non-zero closes the ring to senders (the section fails as for a full ring).
+    pub gate: &'a AtomicU64,
 }
 
 /// What [`store_payload_commit_index`] ended with, short of an abort.
@@ -163,6 +165,9 @@ pub(crate) unsafe fn store_payload_commit_index<S: Section + ?Sized>(
     s: &mut S,
     p: &Payload<'_>,
 ) -> Result<PayloadOutcome, Aborted> {
+    if s.load(p.gate)? != 0 {
+        return Ok(PayloadOutcome::Full);
+    }
     let t = s.load(p.tail)?;
     let mut used = t.wrapping_sub(s.load(p.cached)?);
     if used >= p.capacity {

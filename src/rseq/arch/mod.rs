@@ -203,7 +203,27 @@ pub(crate) struct PayloadArgs {
     /// and refresh from it only when the copy says the ring is full, so a send reads
     /// no line the consumer writes until the ring looks full.
     pub cached: *const u64,
+    /// A word that closes every ring of the channel to senders (an absolute
+    /// address, in both forms): the section fails, as for a full ring, while it is
+    /// non-zero. It is read inside the section, so once it is set and an rseq fence
+    /// has run, no send that read it before can still publish.
+    pub gate: *const u64,
 }
+
+// The sections read `PayloadArgs` at fixed offsets (`payload_body!`).
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(PayloadArgs, tail) == 0);
+    assert!(offset_of!(PayloadArgs, head) == 8);
+    assert!(offset_of!(PayloadArgs, buffer) == 16);
+    assert!(offset_of!(PayloadArgs, capacity) == 24);
+    assert!(offset_of!(PayloadArgs, mask) == 32);
+    assert!(offset_of!(PayloadArgs, src) == 40);
+    assert!(offset_of!(PayloadArgs, count) == 48);
+    assert!(offset_of!(PayloadArgs, slot_bytes) == 56);
+    assert!(offset_of!(PayloadArgs, cached) == 64);
+    assert!(offset_of!(PayloadArgs, gate) == 72);
+};
 
 /// What one attempt of a critical section ended with, as the asm reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

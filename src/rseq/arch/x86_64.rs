@@ -408,7 +408,8 @@ pub(crate) unsafe fn list_push(
 }
 
 /// The body of the payload sections, after `{off}` was set by the section start:
-/// reads tail and head, fails when the ring is full, copies `n = min(count, free)`
+/// fails when the channel's gate word is non-zero; reads tail and head, fails when
+/// the ring is full, copies `n = min(count, free)`
 /// payloads into the slots from the tail on (speculative: invisible until the tail
 /// moves), then commits `tail += n`. Each word address is `[args + field] + {off}`:
 /// a unit-0 address plus the index's offset (plain), or a word offset plus the
@@ -416,6 +417,10 @@ pub(crate) unsafe fn list_push(
 macro_rules! payload_body {
     ($n:literal, $buf:literal, $k:literal, $k_e:literal) => {
         concat!(
+            // The channel's gate: closed (or spilling) channels take no send here.
+            "mov {tail}, qword ptr [{args} + 72]\n",
+            "cmp qword ptr [{tail}], 0\n",
+            "jne 9f\n",
             "mov {tail}, qword ptr [{args}]\n",
             "add {tail}, {off}\n",
             "mov {t}, qword ptr [{tail}]\n",
@@ -523,7 +528,7 @@ macro_rules! payload_body {
     };
 }
 
-/// `store_payload_commit_index`: `t = *tail(idx)`, `h = *cached(idx)`; when `t - h
+/// `store_payload_commit_index`: fail when `*gate != 0`; `t = *tail(idx)`, `h = *cached(idx)`; when `t - h
 /// >= capacity`, `h = *head(idx)` and `*cached(idx) = h` (speculative: any head read
 /// is a valid lower bound), and fail when still `t - h >= capacity` (full); copy `n = min(count, capacity - (t - h))` payloads
 /// into slots `(t + k) & mask` of the index's buffer (speculative: the slots are
