@@ -239,6 +239,18 @@ pub fn unbounded<T>() -> Result<(UnboundedSender<T>, UnboundedReceiver<T>), Ring
 }
 
 /// Configures a channel: ring capacity, unbounded, NUMA mode, idle policy, arena.
+///
+/// ```
+/// use std::time::Duration;
+/// let (tx, mut rx) = percid::ring::Builder::new()
+///     .capacity_per_cid(3) // rounded up to 4
+///     .idle_yield(Duration::ZERO)
+///     .build::<u8>()
+///     .unwrap();
+/// assert_eq!(tx.capacity_per_cid(), 4);
+/// tx.send(1).unwrap();
+/// assert_eq!(rx.recv(), Ok(1));
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Builder {
     capacity: usize,
@@ -381,6 +393,11 @@ impl Builder {
 }
 
 /// Why a channel could not be built.
+///
+/// ```
+/// use percid::ring::{RingError, channel};
+/// assert_eq!(channel::<u8>(0).unwrap_err(), RingError::ZeroCapacity);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RingError {
@@ -444,6 +461,15 @@ impl fmt::Display for RingError {
 impl std::error::Error for RingError {}
 
 /// Why [`Sender::try_send`] did not send; the value comes back.
+///
+/// ```
+/// use percid::ring::{TrySendError, channel};
+/// let (tx, _rx) = channel::<String>(1).unwrap();
+/// tx.try_send("a".into()).unwrap();
+/// let err = tx.try_send("b".into()).unwrap_err();
+/// assert!(err.is_full());
+/// assert_eq!(err.into_inner(), "b");
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum TrySendError<T> {
     /// The ring of the caller's cid is full.
@@ -494,6 +520,12 @@ impl<T> fmt::Display for TrySendError<T> {
 impl<T> std::error::Error for TrySendError<T> {}
 
 /// Why a blocking or async send failed: the receiver is gone. The value comes back.
+///
+/// ```
+/// let (tx, rx) = percid::ring::channel::<u32>(4).unwrap();
+/// drop(rx);
+/// assert_eq!(tx.send(3).unwrap_err().into_inner(), 3);
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SendError<T>(pub T);
 
@@ -519,6 +551,15 @@ impl<T> fmt::Display for SendError<T> {
 impl<T> std::error::Error for SendError<T> {}
 
 /// Why [`Sender::send_timeout`] did not send; the value comes back.
+///
+/// ```
+/// use std::time::Duration;
+/// let (tx, rx) = percid::ring::channel::<u32>(1).unwrap();
+/// tx.send(1).unwrap();
+/// assert!(tx.send_timeout(2, Duration::from_millis(1)).unwrap_err().is_timeout());
+/// drop(rx);
+/// assert!(tx.send_timeout(3, Duration::from_millis(1)).unwrap_err().is_disconnected());
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SendTimeoutError<T> {
     /// No slot freed before the deadline.
@@ -569,6 +610,15 @@ impl<T> fmt::Display for SendTimeoutError<T> {
 impl<T> std::error::Error for SendTimeoutError<T> {}
 
 /// Why [`Receiver::recv_timeout`] returned nothing.
+///
+/// ```
+/// use std::time::Duration;
+/// use percid::ring::RecvTimeoutError;
+/// let (tx, mut rx) = percid::ring::channel::<u32>(1).unwrap();
+/// assert_eq!(rx.recv_timeout(Duration::from_millis(1)), Err(RecvTimeoutError::Timeout));
+/// drop(tx);
+/// assert_eq!(rx.recv_timeout(Duration::from_millis(1)), Err(RecvTimeoutError::Disconnected));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecvTimeoutError {
     /// Nothing came before the deadline.
@@ -591,6 +641,14 @@ impl fmt::Display for RecvTimeoutError {
 impl std::error::Error for RecvTimeoutError {}
 
 /// Why [`Receiver::try_recv`] returned nothing.
+///
+/// ```
+/// use percid::ring::TryRecvError;
+/// let (tx, mut rx) = percid::ring::channel::<u32>(1).unwrap();
+/// assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+/// drop(tx);
+/// assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TryRecvError {
     /// Every ring is empty now.
@@ -613,6 +671,12 @@ impl fmt::Display for TryRecvError {
 impl std::error::Error for TryRecvError {}
 
 /// Why a blocking or async receive ended: every sender is gone and nothing is left.
+///
+/// ```
+/// let (tx, mut rx) = percid::ring::channel::<u32>(1).unwrap();
+/// drop(tx);
+/// assert_eq!(rx.recv(), Err(percid::ring::RecvError));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecvError;
 

@@ -47,6 +47,26 @@ const SPILL_KEEP: usize = 64;
 
 /// The receiving end of a [`channel`](super::channel): `Send`, not `Clone` (one
 /// consumer), every method takes `&mut self`.
+///
+/// ```
+/// let (tx, mut rx) = percid::ring::channel::<u32>(16).unwrap();
+/// std::thread::spawn(move || {
+///     for i in 0..10 {
+///         tx.send(i).unwrap();
+///     }
+/// });
+/// let mut buf = Vec::new();
+/// let mut total = 0;
+/// loop {
+///     let n = rx.recv_many(&mut buf, 4); // waits for at least one
+///     if n == 0 {
+///         break; // every sender is gone and nothing is left
+///     }
+///     total += n;
+/// }
+/// assert_eq!(total, 10);
+/// assert_eq!(buf.iter().sum::<u32>(), 45);
+/// ```
 pub struct Receiver<T> {
     chan: Arc<Chan<T>>,
     rings: Vec<SubRing>,

@@ -30,6 +30,21 @@ const YIELDS: u32 = if cfg!(loom) { 0 } else { 4 };
 /// publishes it with one store of the ring's tail, in one rseq critical section: no
 /// atomic read-modify-write, no lock, and no write to a line another cid's senders
 /// or the receiver write.
+///
+/// ```
+/// let (tx, mut rx) = percid::ring::channel::<u64>(64).unwrap();
+/// let workers: Vec<_> = (0..4)
+///     .map(|w| {
+///         let tx = tx.clone();
+///         std::thread::spawn(move || tx.send(w).unwrap())
+///     })
+///     .collect();
+/// drop(tx);
+/// workers.into_iter().for_each(|w| w.join().unwrap());
+/// let mut got: Vec<u64> = rx.iter().collect();
+/// got.sort();
+/// assert_eq!(got, [0, 1, 2, 3]);
+/// ```
 pub struct Sender<T> {
     pub(super) chan: Arc<Chan<T>>,
 }
@@ -602,6 +617,15 @@ impl<T> fmt::Debug for WeakSender<T> {
 
 /// The right to send one value (tokio's `Permit`), from [`Sender::reserve`]: its
 /// [`Permit::send`] cannot fail or block. Dropped unused, it is given back.
+///
+/// ```
+/// let (tx, mut rx) = percid::ring::channel::<u32>(4).unwrap();
+/// let permit = tx.try_reserve().unwrap();
+/// rx.close(); // a permit taken before close still delivers
+/// permit.send(1);
+/// assert_eq!(rx.recv(), Ok(1));
+/// assert!(rx.recv().is_err());
+/// ```
 pub struct Permit<'a, T> {
     sender: &'a Sender<T>,
 }
@@ -629,6 +653,17 @@ impl<T> fmt::Debug for Permit<'_, T> {
 }
 
 /// A [`Permit`] that owns its [`Sender`] (tokio's `OwnedPermit`).
+///
+/// ```
+/// let (tx, mut rx) = percid::ring::channel::<u32>(4).unwrap();
+/// let permit = tx.try_reserve_owned().unwrap();
+/// let handle = std::thread::spawn(move || permit.send(2));
+/// let tx = handle.join().unwrap(); // the sender comes back
+/// tx.send(3).unwrap();
+/// let mut got: Vec<u32> = rx.try_iter().collect();
+/// got.sort(); // two threads, maybe two rings: FIFO per ring only
+/// assert_eq!(got, [2, 3]);
+/// ```
 pub struct OwnedPermit<T> {
     sender: Option<Sender<T>>,
 }
