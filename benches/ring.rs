@@ -2,7 +2,8 @@
 //! crossbeam-channel's `bounded` (u64 messages, sent one at a time by 2 and by 8
 //! producer threads to one consumer thread), and against tokio's mpsc with an async
 //! consumer (8 producer threads, the consumer a future on a current-thread tokio
-//! runtime). A compact subset of `percid bench ring`, which measures these and more
+//! runtime), and the unbounded channels (percid's, tokio's, crossbeam-channel's and
+//! crossbeam's `SegQueue`, 8 producer threads, a plain-thread consumer). A compact subset of `percid bench ring`, which measures these and more
 //! alternating in one run (the number to quote on a shared machine); this one gives
 //! criterion's statistics. The channel wrappers and the workload come from the same
 //! file as that bench's, so both time the same code.
@@ -20,7 +21,10 @@ use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterio
 mod peers;
 mod support;
 
-use peers::{AsyncChannel, Crossbeam, Percid, Queue, SyncChannel, Tokio, expected_sum, produce};
+use peers::{
+    AsyncChannel, Crossbeam, Percid, Queue, Seg, SyncChannel, Tokio, TokioUnbounded, expected_sum,
+    produce,
+};
 use support::wall_time_each;
 
 /// Slots per cid of percid's ring, as in `percid bench ring`; every peer gets the
@@ -119,5 +123,27 @@ fn async_consumer(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sync_producers, async_consumer);
+fn unbounded(c: &mut Criterion) {
+    let producers = 8;
+    let mut g = group(c, "ring/unbounded u64 8 producers");
+    let percid = Percid::<u64>::unbounded();
+    g.bench_function("percid::ring", |b| {
+        b.iter_custom(|iters| one_sample(&percid, producers, iters, &sync_consumer))
+    });
+    let tokio = TokioUnbounded::<u64>::new();
+    g.bench_function("tokio mpsc", |b| {
+        b.iter_custom(|iters| one_sample(&tokio, producers, iters, &sync_consumer))
+    });
+    let channel = Crossbeam::<u64>::unbounded();
+    g.bench_function("crossbeam-channel", |b| {
+        b.iter_custom(|iters| one_sample(&channel, producers, iters, &sync_consumer))
+    });
+    let seg = Seg::<u64>::new();
+    g.bench_function("SegQueue", |b| {
+        b.iter_custom(|iters| one_sample(&seg, producers, iters, &sync_consumer))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, sync_producers, async_consumer, unbounded);
 criterion_main!(benches);

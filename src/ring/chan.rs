@@ -40,6 +40,9 @@ pub(super) const GATE_CLOSED: u64 = 1;
 /// Values wait in the spill queue: sends go there too, behind them, so that every
 /// thread's values keep their order. Set and cleared under the spill lock only.
 pub(super) const GATE_SPILL: u64 = 2;
+/// The receiver is giving taken slots' pages back (unbounded channels): no send
+/// may write a slot meanwhile. Set and cleared by the receiver only.
+pub(super) const GATE_TRIM: u64 = 4;
 
 /// A value in a slot: `T` padded to whole words (the sections copy words) and
 /// aligned to at least 8. The padding is copied uninitialised, which the copy in
@@ -78,6 +81,8 @@ pub(super) struct Options {
     pub(super) unbounded: bool,
     /// How long a blocking receive yields before it sleeps.
     pub(super) idle_yield: Duration,
+    /// How long one async poll may yield the thread before it registers.
+    pub(super) poll_yield: Duration,
     /// How long an async receive yields (and wakes its own task) before it sleeps.
     pub(super) async_idle_yield: Duration,
 }
@@ -348,16 +353,27 @@ impl<T> Chan<T> {
         }
     }
 
+    /// Whether slot buffers are mappings of their own: bound to their node (NUMA
+    /// mode) or reserved and trimmed page by page (unbounded).
+    fn mapped(&self) -> bool {
+        self.numa || self.options.unbounded
+    }
+
     fn alloc_buffer(&self, shard: Shard) -> *mut u8 {
-        if self.numa {
+        if self.mapped() {
             let len = self.mapped_len();
+            let reserve = if self.options.unbounded {
+                libc::MAP_NORESERVE
+            } else {
+                0
+            };
             // SAFETY: an anonymous private mapping; no memory of ours is touched.
             let ptr = unsafe {
                 libc::mmap(
                     std::ptr::null_mut(),
                     len,
                     libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | reserve,
                     -1,
                     0,
                 )
@@ -370,7 +386,7 @@ impl<T> Chan<T> {
                 Shard::Cid(_) => Some(0),
                 Shard::Lane(_) => None,
             };
-            if let Some(node) = node {
+            if let Some(node) = node.filter(|_| self.numa) {
                 // SAFETY: a fresh, page-aligned, untouched mapping of `len` bytes.
                 let _ = unsafe { crate::numa::memory::bind(ptr.cast(), len, node) };
             }
@@ -392,12 +408,51 @@ impl<T> Chan<T> {
     /// # Safety
     /// `buffer` came from `alloc_buffer` of this channel and is not used any more.
     unsafe fn free_buffer(&self, buffer: *mut u8) {
-        if self.numa {
+        if self.mapped() {
             // SAFETY: a mapping of `mapped_len` bytes made by `alloc_buffer`.
             unsafe { libc::munmap(buffer.cast(), self.mapped_len()) };
         } else {
             // SAFETY: allocated with this layout by `alloc_buffer`.
             unsafe { std::alloc::dealloc(buffer, self.buffer_layout) };
+        }
+    }
+
+    /// Gives the pages of a ring's buffer back to the kernel, all but those holding
+    /// positions `keep_from..keep_to` (values still queued).
+    ///
+    /// # Safety
+    /// `buffer` is one of this channel's mapped buffers, and no send can write any
+    /// slot of it until the call returns (the gate is closed and fenced).
+    pub(super) unsafe fn release_pages(&self, buffer: *mut u8, keep_from: u64, keep_to: u64) {
+        const PAGE: usize = 4096;
+        let len = self.mapped_len();
+        let kept = keep_to.wrapping_sub(keep_from).min(self.capacity) as usize;
+        let start = (keep_from & (self.capacity - 1)) as usize * self.slot_bytes;
+        let bytes = kept * self.slot_bytes;
+        let ring_bytes = self.capacity as usize * self.slot_bytes;
+        // Kept byte ranges (the second when the values wrap), widened to pages.
+        let mut kept_ranges = Vec::with_capacity(2);
+        if bytes > 0 {
+            let end = start + bytes;
+            if end <= ring_bytes {
+                kept_ranges.push((start, end));
+            } else {
+                kept_ranges.push((0, end - ring_bytes));
+                kept_ranges.push((start, ring_bytes));
+            }
+        }
+        let mut from = 0;
+        for (a, b) in kept_ranges
+            .into_iter()
+            .map(|(a, b)| (a / PAGE * PAGE, b.next_multiple_of(PAGE)))
+            .chain([(len, len)])
+        {
+            if a > from {
+                // SAFETY: page-aligned bytes of our mapping that hold no value and
+                // that no send can write now (the caller).
+                unsafe { libc::madvise(buffer.add(from).cast(), a - from, libc::MADV_DONTNEED) };
+            }
+            from = from.max(b);
         }
     }
 

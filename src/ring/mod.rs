@@ -79,16 +79,23 @@
 //!
 //! # Unbounded channels
 //!
-//! [`unbounded`] (or [`Builder::unbounded`]) gives the same rings; a send that finds
-//! its ring full puts the value in the channel's *spill queue* instead of waiting,
-//! and while that queue holds values every send goes there too (the gate word the
-//! send section reads says so), so no thread's values overtake each other. The
-//! receiver takes the rings first, then the spill queue in batches; once it has
-//! caught up, sends go back to the per-cid fast path and the queue's memory is
-//! freed (the receiver keeps at most 64 slots of it). Sends never wait and never
-//! fail while the receiver lives; spilled sends take a lock, so a channel whose
-//! receiver keeps falling behind runs at the speed of a mutex-guarded queue until it
-//! catches up.
+//! [`unbounded`] (or [`Builder::unbounded`]) gives the same per-cid rings, but large
+//! ones ([`UNBOUNDED_CAPACITY`] slots by default) that are only *reserved*: each
+//! ring's buffer is a `MAP_NORESERVE` mapping whose pages become memory as values
+//! fill them, so a burst runs on the same one-section fast path as a bounded send.
+//! When the receiver has caught up and the rings have touched more than
+//! [`UNBOUNDED_TRIM_BYTES`] since the last time, it closes the gate for a moment
+//! (sends meanwhile spill, see below), runs an rseq fence so no send is inside a
+//! ring, and gives the pages of every taken slot back to the kernel
+//! (`MADV_DONTNEED`): memory returns to a page or so per ring.
+//!
+//! A send that finds its ring full (a backlog of a whole ring) puts the value in
+//! the channel's *spill queue* instead of waiting, and while that queue holds values
+//! every send goes there too (the gate word the send section reads says so), so no
+//! thread's values overtake each other. The receiver takes the rings first, then the
+//! spill queue in batches; once it has caught up, sends go back to the rings and the
+//! queue's memory is freed (the receiver keeps at most 64 slots of it). Sends never
+//! wait and never fail while the receiver lives.
 //!
 //! # Closing and disconnection
 //!
@@ -111,8 +118,10 @@
 //! wakes it. An idle receiver costs no CPU after that.
 //!
 //! An async receive ([`Receiver::recv_async`], [`Receiver::poll_recv`], the
-//! `Stream`) spins the same brief pause inside one poll, then registers the task's
-//! waker and returns `Pending`; it never wakes its own task. So the receiver can be
+//! `Stream`) spins the same brief pause inside one poll, then yields the thread
+//! between looks for at most [`Builder::poll_yield`] (20 µs, so a value of the same
+//! burst finds it awake), then registers the task's waker and returns `Pending`; it
+//! never wakes its own task. So the receiver can be
 //! embedded in any executor, including one whose run queue is itself a percid ring
 //! fed by the tasks' wakers (`tests/ring_executor.rs` runs one, with tasks awaiting
 //! `recv_async`, `send_async` on a full ring, `reserve` and `closed`): an idle
@@ -131,8 +140,9 @@
 //! ring, `recv` on empty rings, their timeouts, `send_many`, the blocking
 //! iterators) runs the wait inside `tokio::task::block_in_place`, tokio's own rule
 //! for where a thread may block: in a current-thread runtime, where the wait would
-//! deadlock the runtime, it panics ("can call blocking only when running on the
-//! multi-threaded runtime") instead of hanging; on a multi-thread runtime's worker
+//! deadlock the runtime, it panics before it registers ("percid::ring: a blocking
+//! receive on empty rings would block the thread that drives a current-thread tokio
+//! runtime, ...") instead of hanging; on a multi-thread runtime's worker
 //! the runtime first moves its other tasks to another thread; in `spawn_blocking`
 //! and outside any runtime it waits as usual. A call that does not need to wait
 //! never checks. Without the feature percid cannot see the runtime: use the async
@@ -206,6 +216,16 @@ pub const MAX_RING_BYTES: usize = 1 << 30;
 /// Largest alignment a value may ask for (buffers are page-aligned at best).
 pub const MAX_ALIGN: usize = 4096;
 
+/// Pages of taken slots an unbounded channel's rings may keep before the receiver,
+/// once caught up, gives them back (each time costs an rseq fence).
+pub const UNBOUNDED_TRIM_BYTES: usize = 2 << 20;
+
+/// Slots per ring of an unbounded channel unless the builder says otherwise: the
+/// rings are reserved address space (`MAP_NORESERVE`) whose pages become memory as
+/// values fill them and go back once the receiver has caught up (see [Unbounded
+/// channels](self#unbounded-channels)), so a burst stays on the per-cid fast path.
+pub const UNBOUNDED_CAPACITY: usize = 1 << 22;
+
 /// A bounded channel with rings of `capacity_per_cid` slots (rounded up to a power
 /// of two): see [Capacity](self#capacity) for what bounds the whole channel.
 ///
@@ -253,11 +273,13 @@ pub fn unbounded<T>() -> Result<(UnboundedSender<T>, UnboundedReceiver<T>), Ring
 /// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Builder {
-    capacity: usize,
+    /// `None`: 1024 slots, or [`UNBOUNDED_CAPACITY`] for an unbounded channel.
+    capacity: Option<usize>,
     numa: bool,
     arena: Option<&'static Arena>,
     unbounded: bool,
     idle_yield: Duration,
+    poll_yield: Duration,
     async_idle_yield: Duration,
 }
 
@@ -271,11 +293,12 @@ impl Builder {
     /// Rings of 1024 slots, plain (not NUMA) mode, the process-wide arena.
     pub fn new() -> Builder {
         Builder {
-            capacity: 1024,
+            capacity: None,
             numa: false,
             arena: None,
             unbounded: false,
             idle_yield: receiver::IDLE_YIELD,
+            poll_yield: receiver::POLL_YIELD,
             async_idle_yield: Duration::ZERO,
         }
     }
@@ -297,6 +320,18 @@ impl Builder {
         self
     }
 
+    /// How long one poll of an async receive that found every ring empty may keep
+    /// its thread, yielding it to the OS between looks, before it registers its
+    /// waker and returns `Pending` (default 20 µs). The poll never wakes its own
+    /// task; this only keeps a receiver that has just caught up from going to sleep
+    /// (an rseq fence, then a wake-up system call for the next sender) between two
+    /// values of a burst. Zero registers at once, for executors that must not be
+    /// held up at all; each idle spell then costs that fence and wake-up.
+    pub fn poll_yield(mut self, poll_yield: Duration) -> Builder {
+        self.poll_yield = poll_yield;
+        self
+    }
+
     /// How long an async receive that found every ring empty yields its thread and
     /// wakes its own task before it registers and sleeps (default zero: it sleeps at
     /// once). Opting in turns the receiving task into a poll loop for that long after
@@ -310,9 +345,11 @@ impl Builder {
         self
     }
 
-    /// Slots per ring; rounded up to a power of two.
+    /// Slots per ring; rounded up to a power of two. Default 1024; for an unbounded
+    /// channel [`UNBOUNDED_CAPACITY`] (fewer for values too large for
+    /// [`MAX_RING_BYTES`]), reserved, not committed.
     pub fn capacity_per_cid(mut self, capacity: usize) -> Builder {
-        self.capacity = capacity;
+        self.capacity = Some(capacity);
         self
     }
 
@@ -340,16 +377,25 @@ impl Builder {
     /// arena in NUMA mode (or a NUMA arena outside it), [`RingError::Storage`] when
     /// the arena cannot allocate.
     pub fn build<T>(self) -> Result<(Sender<T>, Receiver<T>), RingError> {
-        if self.capacity == 0 {
+        let capacity = match self.capacity {
+            Some(capacity) => capacity,
+            // As many as a ring may take, up to the default.
+            None if self.unbounded => {
+                let fit = MAX_RING_BYTES / size_of::<Cell<T>>().max(1);
+                UNBOUNDED_CAPACITY.min(1 << fit.max(1).ilog2())
+            }
+            None => 1024,
+        };
+        if capacity == 0 {
             return Err(RingError::ZeroCapacity);
         }
-        if self.capacity > MAX_CAPACITY {
+        if capacity > MAX_CAPACITY {
             return Err(RingError::CapacityTooLarge {
-                capacity: self.capacity,
+                capacity,
                 max: MAX_CAPACITY,
             });
         }
-        let capacity = self.capacity.next_power_of_two();
+        let capacity = capacity.next_power_of_two();
         let align = align_of::<Cell<T>>();
         if align > MAX_ALIGN {
             return Err(RingError::AlignTooLarge {
@@ -382,6 +428,7 @@ impl Builder {
         let options = Options {
             unbounded: self.unbounded,
             idle_yield: self.idle_yield,
+            poll_yield: self.poll_yield,
             async_idle_yield: self.async_idle_yield,
         };
         let chan = Arc::new(

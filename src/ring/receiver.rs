@@ -1,8 +1,9 @@
 //! The consuming end: one [`Receiver`] that visits the per-cid rings round-robin.
 
+use super::UNBOUNDED_TRIM_BYTES;
 use super::blocking;
 use super::chan::{
-    BUFFER, Chan, GATE_SPILL, HEAD, RECEIVER_CLOSED, RECEIVER_GONE, SENDERS_GONE, TAIL,
+    BUFFER, Chan, GATE_SPILL, GATE_TRIM, HEAD, RECEIVER_CLOSED, RECEIVER_GONE, SENDERS_GONE, TAIL,
 };
 use super::signal::{Waiter, lock};
 use super::{RecvError, RecvTimeoutError, TryRecvError};
@@ -40,6 +41,10 @@ const LOOK_TARGET: u64 = 8;
 /// take turns, one value each. Staying awake this long lets a run of sends pile up
 /// first. Async receives do not yield by default (see the module docs).
 pub(super) const IDLE_YIELD: Duration = Duration::from_micros(if cfg!(loom) { 0 } else { 50 });
+
+/// How long one poll of an async receive may yield its thread before it registers
+/// its waker, unless the builder says otherwise (see `Builder::poll_yield`).
+pub(super) const POLL_YIELD: Duration = Duration::from_micros(if cfg!(loom) { 0 } else { 20 });
 
 /// Spill batches keep at most this many slots once the receiver caught up: the rest
 /// of a burst's memory goes back.
@@ -112,6 +117,9 @@ struct SubRing {
     published: u64,
     /// The tail as last read (positions before it hold values).
     seen: u64,
+    /// Where the last trim left the buffer: pages of slots from here to `next` were
+    /// touched since (unbounded channels).
+    trimmed: u64,
 }
 
 impl<T> Receiver<T> {
@@ -279,6 +287,7 @@ impl<T> Receiver<T> {
                 yield_now();
                 continue;
             }
+            blocking::check_may_block("a blocking receive on empty rings");
             let chan = Arc::clone(&self.chan);
             let rx = &chan.rx.0;
             rx.register(&Waiter::Thread(current_thread()));
@@ -360,8 +369,10 @@ impl<T> Receiver<T> {
 
     /// The poll behind [`Receiver::recv_async`] and the `Stream` implementation.
     ///
-    /// It spins briefly (a few hundred pauses at most) when the rings are empty,
-    /// then registers the waker and returns `Pending`: it never wakes its own task,
+    /// It spins briefly when the rings are empty (a few hundred pauses, then up to
+    /// [`Builder::poll_yield`](super::Builder::poll_yield), 20 µs, of yielding the
+    /// thread), then registers the waker and returns `Pending`: it never wakes its
+    /// own task,
     /// so an executor polls it again only once a sender woke it (unless the builder
     /// opted in to [`Builder::async_idle_yield`](super::Builder::async_idle_yield)).
     ///
@@ -392,6 +403,23 @@ impl<T> Receiver<T> {
             waited = true;
             if !self.pause() {
                 break;
+            }
+        }
+        let poll_yield = self.chan.options.poll_yield;
+        if !poll_yield.is_zero() {
+            // Keep the thread a little (yielding it, so a sender waiting for this
+            // CPU runs): a value of the same burst usually comes within that.
+            let start = Instant::now();
+            while start.elapsed() < poll_yield {
+                yield_now();
+                match self.try_recv() {
+                    Ok(v) => {
+                        self.idle_since = None;
+                        return Poll::Ready(Ok(v));
+                    }
+                    Err(TryRecvError::Disconnected) => return Poll::Ready(Err(RecvError)),
+                    Err(TryRecvError::Empty) => {}
+                }
             }
         }
         let budget = self.chan.options.async_idle_yield;
@@ -708,7 +736,52 @@ impl<T> Receiver<T> {
         // first one woken wakes the next, see `TxSignal`).
         self.freed = 0;
         self.chan.tx.0.notify(1);
+        if self.chan.options.unbounded {
+            self.maybe_trim();
+        }
         None
+    }
+
+    /// Caught up on an unbounded channel: once the rings have touched more than
+    /// [`UNBOUNDED_TRIM_BYTES`] of pages since the last trim, close the gate (sends
+    /// spill meanwhile), fence so that no send is inside a ring, and give the pages
+    /// of every taken slot back.
+    #[cold]
+    #[inline(never)]
+    fn maybe_trim(&mut self) {
+        if cfg!(loom) || self.chan.slot_bytes == 0 {
+            return;
+        }
+        let capacity = self.chan.capacity;
+        let slot = self.chan.slot_bytes as u64;
+        let touched: u64 = self
+            .rings
+            .iter()
+            .filter(|r| !r.buffer.is_null())
+            .map(|r| r.next.wrapping_sub(r.trimmed).min(capacity) * slot)
+            .sum();
+        if touched < UNBOUNDED_TRIM_BYTES as u64 {
+            return;
+        }
+        let gate = self.chan.gate();
+        gate.fetch_or(GATE_TRIM, Ordering::SeqCst);
+        if self.chan.word(TAIL).quiesce().is_ok() {
+            for r in self.rings.iter_mut().filter(|r| !r.buffer.is_null()) {
+                // SAFETY: words of the channel's run (see `Send`).
+                let tail = unsafe { &*r.tail }.load(Ordering::Acquire);
+                // SAFETY: the ring's mapped buffer; the gate is closed and fenced, so
+                // no send writes a slot until it opens.
+                unsafe { self.chan.release_pages(r.buffer, r.next, tail) };
+                r.trimmed = r.next;
+            }
+        } else {
+            // No fence here: a send may be writing any slot, so nothing is given
+            // back; do not try again before as many pages were touched again.
+            for r in &mut self.rings {
+                r.trimmed = r.next;
+            }
+        }
+        gate.fetch_and(!GATE_TRIM, Ordering::SeqCst);
     }
 
     #[inline]
@@ -747,6 +820,9 @@ impl<T> Receiver<T> {
         }
         self.freed = 0;
         self.chan.tx.0.notify(1);
+        if self.chan.options.unbounded {
+            self.maybe_trim();
+        }
         0
     }
 
@@ -855,6 +931,7 @@ impl<T> Receiver<T> {
                 next,
                 published: next,
                 seen: next,
+                trimmed: next,
             });
         }
         self.rings.len() != before

@@ -175,6 +175,7 @@ impl<T> Sender<T> {
                 Err(TrySendError::Full(v)) => v,
             };
         }
+        blocking::check_may_block("a blocking send on a full ring");
         let tx = &self.chan.tx.0;
         let id = tx.id();
         let waiter = Waiter::Thread(current_thread());
@@ -347,6 +348,7 @@ impl<T> Sender<T> {
                 return done;
             }
         }
+        blocking::check_may_block("send_many on a full ring");
         let tx = &chan.tx.0;
         let id = tx.id();
         let waiter = Waiter::Thread(current_thread());

@@ -12,6 +12,16 @@
 //! thread's start (after a barrier) to the last thread's end, and `total_ops` is
 //! `threads * ops_per_thread`. `mops` is `total_ops / wall_us`, i.e. `1000 / ns_per_op`.
 //! With one thread these are plain time per call and calls per microsecond.
+//!
+//! `cpu_ns_per_op` is the process's CPU time (`CLOCK_PROCESS_CPUTIME_ID`: every thread
+//! of the process, user and system) over the same sample, divided by the same
+//! `total_ops`, and reported the same way, as the median of rounds. With several
+//! threads it is read by the last thread to reach the start barrier and by the last
+//! thread to finish, so it spans what the wall time spans (threads' creation and exit
+//! stay out), plus whatever helper threads the case keeps (a runtime's workers) burn
+//! meanwhile; nothing else runs in the process during a sample. Above `ns_per_op` means more than one CPU was busy per operation;
+//! below it means threads slept. On a shared machine it also shows what the wall
+//! time hides: a case that spins while it waits costs CPU the other work lacks.
 
 pub mod counter;
 pub mod getcpu;
@@ -28,7 +38,8 @@ pub fn larson_rss_child(alloc: &str, threads: usize, ops: u64) -> Result<String,
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::io::{IsTerminal, Write as _};
-use std::sync::Barrier;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::json::Json;
@@ -49,12 +60,23 @@ impl Bench {
     pub fn report(&self, config: &Config) -> Report {
         let machine = MachineLine::probe();
         let results = (self.run)(config);
+        let recorded = RECORDED.take();
         Report::new(self.name, config, machine, results, self.ratios)
+            .with_cpu(recorded.cpu)
+            .with_readings(recorded.readings)
     }
 }
 
 /// Every benchmark `percid bench` knows, in the order the usage text lists them.
 pub const BENCHES: &[Bench] = &[getcpu::BENCH, counter::BENCH, pool::BENCH, ring::BENCH];
+
+/// Ratios taken on CPU time ([`Basis::Cpu`]), by benchmark. Kept beside [`BENCHES`]
+/// like [`TARGETS`], so the benchmarks without any need not say so.
+const CPU_RATIOS: &[(&str, &[Ratio])] = &[(ring::BENCH.name, &ring::CPU_RATIOS)];
+
+/// Benchmarks whose operation is a message: their cases' JSON also carries the
+/// figure under `cpu_ns_per_msg` (the same number as `cpu_ns_per_op`).
+const PER_MESSAGE: &[&str] = &[ring::BENCH.name];
 
 /// Goals set for some ratios, by benchmark. Kept beside [`BENCHES`] rather than in
 /// [`Ratio`] or [`Bench`] so benchmarks without goals need not say so.
@@ -191,23 +213,39 @@ impl<'a> Case<'a> {
         })
     }
 
-    /// Wall time of one run of `ops` operations on each thread.
-    fn measure(&self, ops: u64) -> Duration {
+    /// Wall time and process CPU time of one run of `ops` operations on each thread
+    /// (see the module docs for the span each covers).
+    fn measure(&self, ops: u64) -> Sample {
         if self.threads == 1 {
+            let cpu = process_cpu();
             let start = Instant::now();
             (self.run)(0, ops);
-            return start.elapsed();
+            let wall = start.elapsed();
+            return Sample {
+                wall,
+                cpu: process_cpu().saturating_sub(cpu),
+            };
         }
         let barrier = Barrier::new(self.threads);
+        let running = AtomicUsize::new(self.threads);
+        let (cpu_start, cpu_end) = (OnceLock::new(), OnceLock::new());
         let spans: Vec<(Instant, Instant)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..self.threads)
                 .map(|t| {
-                    let barrier = &barrier;
+                    let (barrier, running) = (&barrier, &running);
+                    let (cpu_start, cpu_end) = (&cpu_start, &cpu_end);
                     s.spawn(move || {
-                        barrier.wait();
+                        // The leader arrived last: every thread exists and waits.
+                        if barrier.wait().is_leader() {
+                            let _ = cpu_start.set(process_cpu());
+                        }
                         let start = Instant::now();
                         (self.run)(t, ops);
-                        (start, Instant::now())
+                        let end = Instant::now();
+                        if running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                            let _ = cpu_end.set(process_cpu());
+                        }
+                        (start, end)
                     })
                 })
                 .collect();
@@ -226,7 +264,15 @@ impl<'a> Case<'a> {
             .map(|s| s.1)
             .max()
             .expect("at least one thread");
-        last - first
+        // Both are set once every thread has been joined (a panic above propagated).
+        let cpu = match (cpu_start.get(), cpu_end.get()) {
+            (Some(start), Some(end)) => end.saturating_sub(*start),
+            _ => unreachable!("every benchmark thread passed the barrier and finished"),
+        };
+        Sample {
+            wall: last - first,
+            cpu,
+        }
     }
 
     /// Operations per thread that make one measurement last about `target`; the
@@ -234,17 +280,56 @@ impl<'a> Case<'a> {
     fn calibrate(&self, target: Duration) -> u64 {
         let mut ops: u64 = 16;
         loop {
-            let took = self.measure(ops);
+            let took = self.measure(ops).wall;
             if took >= target / 8 || ops >= 1 << 40 {
                 // The fastest of three, so a burst of load while calibrating does not
                 // leave this case with tiny, noisy samples.
-                let took = (0..2).map(|_| self.measure(ops)).fold(took, Duration::min);
+                let took = (0..2)
+                    .map(|_| self.measure(ops).wall)
+                    .fold(took, Duration::min);
                 let scale = target.as_secs_f64() / took.as_secs_f64().max(1e-9);
                 return ((ops as f64 * scale) as u64).max(1);
             }
             ops *= if took < target / 1000 { 16 } else { 2 };
         }
     }
+}
+
+/// What one measurement of a case took.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    /// First thread's start to last thread's end.
+    wall: Duration,
+    /// The process's CPU time over about the same span.
+    cpu: Duration,
+}
+
+/// The CPU time `clock` has counted (`CLOCK_PROCESS_CPUTIME_ID`: every thread of the
+/// process; `CLOCK_THREAD_CPUTIME_ID`: the calling thread), user and system.
+fn cpu_clock(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    // Both clocks exist on every Linux since 2.6.12, so failure is a broken system.
+    assert!(
+        rc == 0,
+        "clock_gettime({clock}) failed: {}",
+        std::io::Error::last_os_error()
+    );
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// CPU time of the whole process so far.
+pub fn process_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// CPU time of the calling thread so far.
+pub fn thread_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// The rounds of one case.
@@ -288,13 +373,24 @@ fn median(xs: &[f64]) -> f64 {
 }
 
 /// Measures `cases` alternately, `cfg.rounds` times each (fewer if the budget runs
-/// out). Progress goes to stderr.
+/// out), and returns their wall times. Their CPU times, measured alongside, are kept
+/// for the report [`Bench::report`] builds on this thread (see [`RECORDED`]).
+/// Progress goes to stderr.
 pub fn run(bench: &str, cases: &[Case<'_>], cfg: &Config) -> Vec<Measurement> {
+    let (wall, cpu) = run_both(bench, cases, cfg);
+    RECORDED.with_borrow_mut(|r| r.cpu.extend(cpu));
+    wall
+}
+
+/// [`run`]'s measurements: the wall times, and the same cases and rounds with the
+/// process's CPU ns per op as their samples.
+fn run_both(bench: &str, cases: &[Case<'_>], cfg: &Config) -> (Vec<Measurement>, Vec<Measurement>) {
     let started = Instant::now();
     let progress = Progress::new(bench);
     progress.note(&format!("calibrating {} cases", cases.len()));
     let ops: Vec<u64> = cases.iter().map(|c| c.calibrate(cfg.sample)).collect();
     let mut samples = vec![Vec::with_capacity(cfg.rounds); cases.len()];
+    let mut cpu_samples = samples.clone();
     for round in 0..cfg.rounds {
         if round >= MIN_ROUNDS && started.elapsed() > cfg.budget {
             progress.warn(&format!(
@@ -307,23 +403,42 @@ pub fn run(bench: &str, cases: &[Case<'_>], cfg: &Config) -> Vec<Measurement> {
         for k in 0..cases.len() {
             let i = (round + k) % cases.len();
             let case = &cases[i];
-            let wall = case.measure(ops[i]);
+            let sample = case.measure(ops[i]);
             let total_ops = ops[i] * case.threads as u64;
-            samples[i].push(wall.as_nanos() as f64 / total_ops as f64);
+            samples[i].push(sample.wall.as_nanos() as f64 / total_ops as f64);
+            cpu_samples[i].push(sample.cpu.as_nanos() as f64 / total_ops as f64);
         }
     }
     progress.done();
-    cases
-        .iter()
-        .zip(ops)
-        .zip(samples)
-        .map(|((case, ops), samples)| Measurement {
-            name: case.name.clone(),
-            threads: case.threads,
-            total_ops: ops * case.threads as u64,
-            samples,
-        })
-        .collect()
+    let measurements = |samples: Vec<Vec<f64>>| -> Vec<Measurement> {
+        cases
+            .iter()
+            .zip(&ops)
+            .zip(samples)
+            .map(|((case, ops), samples)| Measurement {
+                name: case.name.clone(),
+                threads: case.threads,
+                total_ops: ops * case.threads as u64,
+                samples,
+            })
+            .collect()
+    };
+    (measurements(samples), measurements(cpu_samples))
+}
+
+/// What a benchmark's run measured besides the wall times it returns, kept for the
+/// report [`Bench::report`] builds next. Per thread, because the run and the report
+/// happen on one thread, and tests running side by side must not take each
+/// other's.
+#[derive(Default)]
+struct Recorded {
+    /// Per case, process CPU ns per op of each round.
+    cpu: Vec<Measurement>,
+    readings: Vec<Reading>,
+}
+
+thread_local! {
+    static RECORDED: std::cell::RefCell<Recorded> = std::cell::RefCell::default();
 }
 
 /// Progress on stderr: one rewritten line on a terminal, a few lines in a log.
@@ -377,6 +492,10 @@ impl Progress {
 ///
 /// `peer` may name several cases separated by `" | "`: the ratio is then against the
 /// fastest of them in each round ("the best of these peers"), which can only lower it.
+///
+/// A cost is written the other way round, its numerator as `peer` (`numa_cost_1node`,
+/// `async_cpu_vs_tokio_8p`). Which time a ratio divides is its [`Basis`]: the ratios
+/// a [`Bench`] lists are wall time; those in [`CPU_RATIOS`] are CPU time.
 #[derive(Clone, Copy, Debug)]
 pub struct Ratio {
     pub key: &'static str,
@@ -409,6 +528,15 @@ impl Ratio {
             .collect();
         Some(median(&per_round))
     }
+}
+
+/// The time a [`Ratio`] divides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Basis {
+    /// Wall-clock ns per op (`ns_per_op`).
+    Wall,
+    /// The process's CPU ns per op (`cpu_ns_per_op`).
+    Cpu,
 }
 
 /// The machine line shown above every table.
@@ -472,6 +600,23 @@ pub struct Extra {
 
 static EXTRAS: std::sync::Mutex<Vec<Extra>> = std::sync::Mutex::new(Vec::new());
 
+/// A figure measured outside the timed cases that is not a ratio (the CPU time an
+/// idle receiver burns): its key, value, unit and how it was measured. A target on
+/// its key is judged like a ratio's.
+#[derive(Clone, Debug)]
+pub struct Reading {
+    pub key: &'static str,
+    pub value: Option<f64>,
+    /// Shown after the value in the table and carried in the JSON, as `"ms"`.
+    pub unit: &'static str,
+    pub detail: String,
+}
+
+/// Records a [`Reading`] for the report [`Bench::report`] builds next on this thread.
+pub fn record_reading(reading: Reading) {
+    RECORDED.with_borrow_mut(|r| r.readings.push(reading));
+}
+
 /// Records an [`Extra`] for the report of the benchmark that is running.
 pub fn record_extra(extra: Extra) {
     EXTRAS.lock().unwrap_or_else(|p| p.into_inner()).push(extra);
@@ -483,12 +628,17 @@ pub struct Report {
     pub config: Config,
     pub machine: MachineLine,
     pub results: Vec<Measurement>,
-    pub ratios: Vec<(Ratio, Option<f64>)>,
+    /// The same cases with the process's CPU ns per op as samples; empty for a
+    /// report built from wall times alone (then every CPU figure is n/a).
+    pub cpu: Vec<Measurement>,
+    pub ratios: Vec<(Ratio, Basis, Option<f64>)>,
     pub extras: Vec<Extra>,
+    pub readings: Vec<Reading>,
     pub targets: &'static [Target],
 }
 
 impl Report {
+    /// A report of the wall times `results`; [`Report::with_cpu`] adds CPU times.
     pub fn new(
         bench: &'static str,
         config: &Config,
@@ -496,20 +646,67 @@ impl Report {
         results: Vec<Measurement>,
         ratios: &[Ratio],
     ) -> Report {
-        let ratios = ratios.iter().map(|r| (*r, r.value(&results))).collect();
+        let cpu_ratios = CPU_RATIOS
+            .iter()
+            .find(|(name, _)| *name == bench)
+            .map_or(&[][..], |(_, ratios)| ratios);
+        let ratios = ratios
+            .iter()
+            .map(|r| (*r, Basis::Wall, r.value(&results)))
+            .chain(cpu_ratios.iter().map(|r| (*r, Basis::Cpu, None)))
+            .collect();
         Report {
             bench,
             config: *config,
             machine,
             results,
+            cpu: Vec::new(),
             ratios,
             extras: std::mem::take(&mut *EXTRAS.lock().unwrap_or_else(|p| p.into_inner())),
+            readings: Vec::new(),
             targets: Target::of(bench),
         }
     }
 
+    /// Adds the cases' CPU times (as [`run`] measured them) and takes the CPU ratios.
+    pub fn with_cpu(mut self, cpu: Vec<Measurement>) -> Report {
+        for (ratio, basis, value) in &mut self.ratios {
+            if *basis == Basis::Cpu {
+                *value = ratio.value(&cpu);
+            }
+        }
+        self.cpu = cpu;
+        self
+    }
+
+    /// Adds figures measured outside the timed cases.
+    pub fn with_readings(mut self, readings: Vec<Reading>) -> Report {
+        self.readings.extend(readings);
+        self
+    }
+
     fn target(&self, key: &str) -> Option<&Target> {
         self.targets.iter().find(|t| t.key == key)
+    }
+
+    /// `"  target >= 2: met"` when `key` has a target, else empty.
+    fn goal_text(&self, key: &str, value: Option<f64>) -> String {
+        self.target(key).map_or_else(String::new, |t| {
+            let verdict = match t.met(value) {
+                Some(true) => "met",
+                Some(false) => "missed",
+                None => "n/a",
+            };
+            format!("  target {}: {verdict}", t.goal.describe())
+        })
+    }
+
+    /// Median CPU ns per op of the case `name`, if measured.
+    pub fn cpu_ns_per_op(&self, name: &str) -> Option<f64> {
+        self.cpu
+            .iter()
+            .find(|m| m.name == name)
+            .map(Measurement::median)
     }
 
     /// Rounds actually run (the budget may have cut the plan short).
@@ -528,7 +725,8 @@ impl Report {
         let _ = writeln!(
             out,
             "bench {}: {} alternating rounds of ~{} ms per case; ns/op = wall-clock ns per \
-             operation across all threads, median of rounds",
+             operation across all threads, cpu ns/op = the process's CPU ns per operation \
+             over the same span, each the median of rounds",
             self.bench,
             self.rounds(),
             self.config.sample.as_millis()
@@ -542,113 +740,161 @@ impl Report {
             .unwrap_or(4);
         let _ = writeln!(
             out,
-            "\n{:<width$}  {:>7}  {:>10}  {:>10}  {:>10}",
-            "impl", "threads", "ns/op", "min ns/op", "Mops/s"
+            "\n{:<width$}  {:>7}  {:>10}  {:>10}  {:>10}  {:>10}",
+            "impl", "threads", "ns/op", "min ns/op", "Mops/s", "cpu ns/op"
         );
         for m in &self.results {
+            let cpu = self
+                .cpu_ns_per_op(&m.name)
+                .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.3}"));
             let _ = writeln!(
                 out,
-                "{:<width$}  {:>7}  {:>10.3}  {:>10.3}  {:>10.1}",
+                "{:<width$}  {:>7}  {:>10.3}  {:>10.3}  {:>10.1}  {:>10}",
                 m.name,
                 m.threads,
                 m.median(),
                 m.min(),
-                m.mops()
+                m.mops(),
+                cpu
             );
         }
         if !self.ratios.is_empty() {
             out.push_str(
-                "\nratios: peer time / ours, median of per-round ratios (above 1 = ours faster)\n",
+                "\nratios: peer time / ours, median of per-round ratios (above 1 = ours faster); \
+                 `cpu:` ratios divide CPU time instead of wall time\n",
             );
         }
-        for (r, v) in &self.ratios {
-            let goal = self.target(r.key).map_or_else(String::new, |t| {
-                let verdict = match t.met(*v) {
-                    Some(true) => "met",
-                    Some(false) => "missed",
-                    None => "n/a",
-                };
-                format!("  target {}: {verdict}", t.goal.describe())
-            });
+        for (r, basis, v) in &self.ratios {
+            let goal = self.goal_text(r.key, *v);
             let v = v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}x"));
-            let _ = writeln!(out, "  {}: {v}  ({} / {}){goal}", r.key, r.peer, r.ours);
+            let on = match basis {
+                Basis::Wall => "",
+                Basis::Cpu => "cpu: ",
+            };
+            let _ = writeln!(out, "  {}: {v}  ({on}{} / {}){goal}", r.key, r.peer, r.ours);
         }
-        if !self.extras.is_empty() {
+        if !self.extras.is_empty() || !self.readings.is_empty() {
             out.push_str("\nmeasured outside the timed rounds\n");
         }
         for e in &self.extras {
-            let goal = self.target(e.key).map_or_else(String::new, |t| {
-                let verdict = match t.met(e.value) {
-                    Some(true) => "met",
-                    Some(false) => "missed",
-                    None => "n/a",
-                };
-                format!("  target {}: {verdict}", t.goal.describe())
-            });
+            let goal = self.goal_text(e.key, e.value);
             let v = e
                 .value
                 .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2}x"));
             let _ = writeln!(out, "  {}: {v}  ({}){goal}", e.key, e.detail);
+        }
+        for r in &self.readings {
+            let goal = self.goal_text(r.key, r.value);
+            let v = r
+                .value
+                .map_or_else(|| "n/a".to_owned(), |v| format!("{v:.2} {}", r.unit));
+            let _ = writeln!(out, "  {}: {v}  ({}){goal}", r.key, r.detail);
         }
         out
     }
 
     /// One JSON object; see the module docs for the definitions of the numbers.
     pub fn json(&self) -> Json {
+        let per_msg = PER_MESSAGE.contains(&self.bench);
         let results = self.results.iter().map(|m| {
-            Json::object([
+            let cpu = self
+                .cpu_ns_per_op(&m.name)
+                .map_or(Json::Null, |v| Json::rounded(v, 4));
+            let mut pairs = vec![
                 ("impl", Json::from(m.name.as_str())),
                 ("threads", m.threads.into()),
                 ("ns_per_op", Json::rounded(m.median(), 4)),
                 ("mops", Json::rounded(m.mops(), 3)),
                 ("min_ns_per_op", Json::rounded(m.min(), 4)),
                 ("ops_per_sample", m.total_ops.into()),
-            ])
+                ("cpu_ns_per_op", cpu.clone()),
+            ];
+            if per_msg {
+                pairs.push(("cpu_ns_per_msg", cpu));
+            }
+            Json::object(pairs)
         });
         let keyed: Vec<(&'static str, Option<f64>)> = self
             .ratios
             .iter()
-            .map(|(r, v)| (r.key, *v))
+            .map(|(r, _, v)| (r.key, *v))
             .chain(self.extras.iter().map(|e| (e.key, e.value)))
             .collect();
         let ratios = keyed
             .iter()
             .map(|(k, v)| (*k, v.map_or(Json::Null, |v| Json::rounded(v, 3))));
-        let targets = keyed.iter().filter_map(|&(key, v)| {
-            let t = self.target(key)?;
-            let (bound_key, bound) = t.goal.json();
-            Some((
-                key,
-                Json::object([(bound_key, Json::from(bound)), ("met", t.met(v).into())]),
-            ))
-        });
+        let cpu_ratios: Vec<&str> = self
+            .ratios
+            .iter()
+            .filter(|(_, basis, _)| *basis == Basis::Cpu)
+            .map(|(r, _, _)| r.key)
+            .collect();
+        let judged = keyed
+            .iter()
+            .copied()
+            .chain(self.readings.iter().map(|r| (r.key, r.value)));
+        let targets: Vec<(&str, Json)> = judged
+            .filter_map(|(key, v)| {
+                let t = self.target(key)?;
+                let (bound_key, bound) = t.goal.json();
+                Some((
+                    key,
+                    Json::object([(bound_key, Json::from(bound)), ("met", t.met(v).into())]),
+                ))
+            })
+            .collect();
+        let mut config = vec![
+            ("quick", Json::from(self.config.quick)),
+            ("rounds", self.rounds().into()),
+            ("rounds_planned", self.config.rounds.into()),
+            ("sample_ms", (self.config.sample.as_millis() as u64).into()),
+            ("statistic", "median of rounds".into()),
+            ("ratio", "median over rounds of peer_ns / ours_ns".into()),
+            ("ns_per_op", "wall_ns / total_ops across all threads".into()),
+            (
+                "cpu_ns_per_op",
+                "process CPU ns (CLOCK_PROCESS_CPUTIME_ID) over the wall span / total_ops".into(),
+            ),
+        ];
+        if !cpu_ratios.is_empty() {
+            config.push((
+                "cpu_ratios",
+                Json::array(cpu_ratios.iter().map(|k| Json::from(*k))),
+            ));
+        }
         let mut json = Json::object([
             ("bench", Json::from(self.bench)),
             ("machine", self.machine.json()),
-            (
-                "config",
-                Json::object([
-                    ("quick", Json::from(self.config.quick)),
-                    ("rounds", self.rounds().into()),
-                    ("rounds_planned", self.config.rounds.into()),
-                    ("sample_ms", (self.config.sample.as_millis() as u64).into()),
-                    ("statistic", "median of rounds".into()),
-                    ("ratio", "median over rounds of peer_ns / ours_ns".into()),
-                    ("ns_per_op", "wall_ns / total_ops across all threads".into()),
-                ]),
-            ),
+            ("config", Json::object(config)),
             ("results", Json::Array(results.collect())),
             ("ratios", Json::object(ratios)),
         ]);
-        if let (Json::Object(pairs), false) = (&mut json, self.extras.is_empty()) {
+        let Json::Object(pairs) = &mut json else {
+            unreachable!("built as an object")
+        };
+        if !self.extras.is_empty() {
             let details = self
                 .extras
                 .iter()
                 .map(|e| (e.key, Json::from(e.detail.as_str())));
             pairs.push(("extras".to_owned(), Json::object(details)));
         }
+        if !self.readings.is_empty() {
+            let readings = self.readings.iter().map(|r| {
+                let value = r.value.map_or(Json::Null, |v| Json::rounded(v, 3));
+                (
+                    r.key,
+                    Json::object([
+                        ("value", value),
+                        ("unit", r.unit.into()),
+                        ("detail", r.detail.as_str().into()),
+                    ]),
+                )
+            });
+            pairs.push(("readings".to_owned(), Json::object(readings)));
+        }
         // Only benchmarks with goals carry the key, so others' JSON is unchanged.
-        if let (Json::Object(pairs), false) = (&mut json, self.targets.is_empty()) {
+        if !self.targets.is_empty() {
             pairs.push(("targets".to_owned(), Json::object(targets)));
         }
         json
@@ -713,6 +959,130 @@ mod tests {
             ours: "fast",
         };
         assert_eq!(missing.value(&results), None);
+    }
+
+    /// Spins until the calling thread has used `cpu` of CPU time.
+    fn burn(cpu: Duration) {
+        let start = thread_cpu();
+        while thread_cpu() - start < cpu {
+            std::hint::spin_loop();
+        }
+    }
+
+    #[test]
+    fn cpu_time_counts_every_thread() {
+        // Three threads each burning 2 ms of CPU: at least 6 ms of process CPU
+        // whatever the load (other tests' threads can only add to it), which the
+        // main thread's clock would miss, and a wall clock on an idle machine too.
+        let spin = Case::new("spin", 3, |_, ops| {
+            for _ in 0..ops {
+                burn(Duration::from_millis(2));
+            }
+        });
+        let s = spin.measure(1);
+        assert!(s.cpu >= Duration::from_millis(6), "{s:?}");
+        let one = Case::looped("one", || burn(Duration::from_millis(1)));
+        assert!(one.measure(3).cpu >= Duration::from_millis(3));
+    }
+
+    /// Set in the child process [`sleeping_costs_no_cpu`] starts.
+    const ALONE: &str = "PERCID_BENCH_TEST_ALONE";
+
+    /// Sleeping threads cost next to no CPU, however long the wall time: the check
+    /// that tells CPU time from wall time. The process clock counts every thread,
+    /// and tests run side by side, so the check runs in a child process of this test
+    /// binary that runs this test alone.
+    #[test]
+    fn sleeping_costs_no_cpu() {
+        if std::env::var_os(ALONE).is_some() {
+            let sleep = Case::new("sleep", 3, |_, ops| {
+                for _ in 0..ops {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
+            let s = sleep.measure(2);
+            assert!(s.wall >= Duration::from_millis(20), "{s:?}");
+            assert!(s.cpu < Duration::from_millis(5), "{s:?}");
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let out = std::process::Command::new(exe)
+            .args([
+                "bench::tests::sleeping_costs_no_cpu",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(ALONE, "1")
+            .output()
+            .expect("cannot run the test binary");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn cpu_samples_and_cpu_ratios_reach_the_report() {
+        let cfg = Config {
+            quick: true,
+            rounds: 3,
+            sample: Duration::from_millis(2),
+            budget: Duration::ZERO,
+        };
+        let cases = [
+            Case::new("spin", 2, |_, ops| {
+                for _ in 0..ops {
+                    burn(Duration::from_micros(50));
+                }
+            }),
+            Case::new("sleep", 2, |_, ops| {
+                for _ in 0..ops {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }),
+        ];
+        let (wall, cpu) = run_both("test", &cases, &cfg);
+        assert_eq!(cpu.len(), 2);
+        assert!(cpu.iter().all(|m| m.samples.len() == MIN_ROUNDS));
+        // Each op of `spin` burns 50 us of CPU (less a few us at the start, when the
+        // threads leave the barrier just before the leader reads the clock).
+        assert!(cpu[0].median() >= 40_000.0, "{cpu:?}");
+        let cost = Ratio {
+            key: "k",
+            peer: "spin",
+            ours: "sleep",
+        };
+        assert!(cost.value(&cpu).is_some_and(|v| v > 0.0), "{cpu:?}");
+        let report =
+            Report::new("test", &cfg, MachineLine::probe(), wall.clone(), &[]).with_cpu(cpu);
+        let table = report.table();
+        let spin_cpu = report.cpu_ns_per_op("spin").expect("measured");
+        assert!(table.contains(&format!("{spin_cpu:.3}")), "{table}");
+        let json = report.json().to_string();
+        assert!(json.contains(r#""cpu_ns_per_op":"#), "{json}");
+        assert!(!json.contains("cpu_ns_per_msg"), "{json}");
+        // Without CPU times every CPU figure is n/a, not zero.
+        let bare = Report::new("test", &cfg, MachineLine::probe(), wall, &[]);
+        assert!(bare.json().to_string().contains(r#""cpu_ns_per_op":null"#));
+    }
+
+    #[test]
+    fn run_keeps_cpu_times_for_this_threads_report() {
+        let cfg = Config {
+            quick: true,
+            rounds: 3,
+            sample: Duration::from_millis(1),
+            budget: Duration::ZERO,
+        };
+        let cases = [Case::looped("fast", || 1u32)];
+        let wall = run("test", &cases, &cfg);
+        let recorded = RECORDED.take();
+        assert_eq!(recorded.cpu.len(), 1);
+        assert_eq!(recorded.cpu[0].name, wall[0].name);
+        assert_eq!(recorded.cpu[0].samples.len(), wall[0].samples.len());
+        assert!(RECORDED.take().cpu.is_empty(), "taken once");
     }
 
     #[test]

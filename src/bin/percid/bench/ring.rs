@@ -22,6 +22,26 @@
 //!   its `Stream` at 8 producers), tokio mpsc, flume's `recv_async`, thingbuf's async
 //!   mpsc. These need tokio's runtime, so feature `peers`.
 //!
+//! * `u64 x1 sync` of the unbounded channels at every N (labels with `unbounded`,
+//!   and crossbeam's `SegQueue`): sends never wait, so the producers can run ahead of
+//!   the consumer and a queue grows. percid's is `Builder::unbounded` with the
+//!   bounded case's rings (their overflow goes to its spill queue).
+//! * `reserve u64 x1 sync 8p`: percid and tokio producers that `reserve().await` a
+//!   slot and send on the permit (both on the same parking `block_on`).
+//!
+//! **CPU.** Besides the wall time, every case reports the process's CPU time per
+//! message over the same sample (`cpu ns/op`; `cpu_ns_per_msg` in the JSON): spinning
+//! and yielding while waiting cost CPU the wall time does not show. The CPU ratio
+//! `async_cpu_vs_tokio_8p` is a cost, percid's CPU per message over tokio's.
+//!
+//! **Idle receivers.** Outside the timed rounds, receivers of empty channels wait
+//! for 1 s (0.25 s with `--quick`) until their sender is dropped: percid's `recv()` on
+//! a plain thread and `recv_async()` on a current-thread tokio runtime (and tokio
+//! mpsc's `blocking_recv()` and `recv().await` for reference). Each receiver thread
+//! reads its own CPU clock (`CLOCK_THREAD_CPUTIME_ID`) and the wall clock just before
+//! it starts waiting and just after the wait returns (the disconnect wake-up
+//! included); `idle_cpu_ms_*` is that CPU time in ms per second of the wait.
+//!
 //! How each channel is sent to and received from (each its best way) is tabled in
 //! `ring_peers.rs`. Capacities: percid gets [`CAPACITY_PER_CID`] slots per cid, and
 //! a process has at most one cid per allowed CPU, so every peer gets the same total,
@@ -46,12 +66,18 @@ mod executor;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::Thread;
+use std::time::{Duration, Instant};
 
-use super::{Bench, Case, Config, Goal, Measurement, Ratio, Target};
+use super::{Bench, Case, Config, Goal, Measurement, Ratio, Reading, Target};
 use executor::Executor;
 #[cfg(feature = "peers")]
-use peers::{AsyncChannel, Crossbeam, Flume, PercidStream, Queue, Thingbuf, ThingbufAsync, Tokio};
-use peers::{Message, Msg64, Percid, SEND_BATCH, StdSync, SyncChannel, expected_sum, produce};
+use peers::{
+    AsyncChannel, Crossbeam, Flume, PercidStream, Queue, Seg, Thingbuf, ThingbufAsync, Tokio,
+    TokioReserve, TokioUnbounded,
+};
+use peers::{
+    Message, Msg64, Percid, PercidReserve, SEND_BATCH, StdSync, SyncChannel, expected_sum, produce,
+};
 
 pub const BENCH: Bench = Bench {
     name: "ring",
@@ -70,6 +96,9 @@ const PRODUCERS: [usize; 4] = [1, 2, 8, 64];
 
 /// Producer counts of the 64-byte message cases.
 const PRODUCERS_64B: [usize; 2] = [2, 8];
+
+/// Producer threads of the reserve-then-send cases.
+const RESERVE_PRODUCERS: usize = 8;
 
 /// Slots per cid of percid's ring.
 pub(crate) const CAPACITY_PER_CID: usize = 1024;
@@ -90,12 +119,26 @@ const CROSSBEAM: &str = "crossbeam-channel";
 const TOKIO: &str = "tokio mpsc";
 const FLUME: &str = "flume";
 const THINGBUF: &str = "thingbuf";
+#[cfg_attr(not(feature = "peers"), allow(dead_code))]
+const SEG_QUEUE: &str = "SegQueue";
+const PERCID_UNBOUNDED: &str = "percid::ring unbounded";
+#[cfg_attr(not(feature = "peers"), allow(dead_code))]
+const TOKIO_UNBOUNDED: &str = "tokio mpsc unbounded";
+#[cfg_attr(not(feature = "peers"), allow(dead_code))]
+const CROSSBEAM_UNBOUNDED: &str = "crossbeam-channel unbounded";
+#[cfg_attr(not(feature = "peers"), allow(dead_code))]
+const FLUME_UNBOUNDED: &str = "flume unbounded";
+const PERCID_RESERVE: &str = "percid::ring reserve";
+#[cfg_attr(not(feature = "peers"), allow(dead_code))]
+const TOKIO_RESERVE: &str = "tokio mpsc reserve";
 const SPAWN_PERCID: &str = "spawn percid executor";
 const SPAWN_TOKIO: &str = "spawn tokio Handle::spawn";
 
-/// The peers that need feature `peers`: (case label, crate).
-const FEATURE_PEERS: [(&str, &str); 6] = [
+/// The peers that need feature `peers`: (case label, crate). The labels that extend
+/// one of these (`tokio mpsc unbounded`) need not be listed.
+const FEATURE_PEERS: [(&str, &str); 7] = [
     (QUEUE, "crossbeam-queue"),
+    (SEG_QUEUE, "crossbeam-queue"),
     (CROSSBEAM, "crossbeam-channel"),
     (TOKIO, "tokio"),
     (FLUME, "flume"),
@@ -137,7 +180,7 @@ pub(crate) fn peer_capacity() -> usize {
     CAPACITY_PER_CID * std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-const RATIOS: [Ratio; 17] = [
+const RATIOS: [Ratio; 21] = [
     Ratio {
         key: "speedup_vs_best_crossbeam_2p",
         peer: "ArrayQueue u64 x1 sync 2p | crossbeam-channel u64 x1 sync 2p",
@@ -223,10 +266,46 @@ const RATIOS: [Ratio; 17] = [
         peer: "tokio mpsc u64 x1 async 8p",
         ours: "percid::ring Stream u64 x1 async 8p",
     },
+    Ratio {
+        key: "unbounded_speedup_vs_tokio_8p",
+        peer: "tokio mpsc unbounded u64 x1 sync 8p",
+        ours: "percid::ring unbounded u64 x1 sync 8p",
+    },
+    Ratio {
+        key: "unbounded_speedup_vs_best_crossbeam_8p",
+        peer: "SegQueue u64 x1 sync 8p | crossbeam-channel unbounded u64 x1 sync 8p",
+        ours: "percid::ring unbounded u64 x1 sync 8p",
+    },
+    Ratio {
+        key: "unbounded_speedup_vs_flume_8p",
+        peer: "flume unbounded u64 x1 sync 8p",
+        ours: "percid::ring unbounded u64 x1 sync 8p",
+    },
+    Ratio {
+        key: "reserve_speedup_vs_tokio_8p",
+        peer: "tokio mpsc reserve u64 x1 sync 8p",
+        ours: "percid::ring reserve u64 x1 sync 8p",
+    },
 ];
 
-/// The goals the ring issue set; the table says whether each was met.
-pub const TARGETS: [Target; 4] = [
+/// Ratios of CPU time per message. A cost, so the numerator (percid) is the `peer`
+/// field: below 1 means percid's receiving and sending burn less CPU than tokio's.
+pub const CPU_RATIOS: [Ratio; 1] = [Ratio {
+    key: "async_cpu_vs_tokio_8p",
+    peer: "percid::ring u64 x1 async 8p",
+    ours: "tokio mpsc u64 x1 async 8p",
+}];
+
+/// Keys of the idle receivers' readings: percid's, then tokio's for reference.
+const IDLE_BLOCKING: &str = "idle_cpu_ms_blocking";
+const IDLE_ASYNC: &str = "idle_cpu_ms_async";
+#[cfg_attr(not(feature = "peers"), allow(dead_code))]
+const IDLE_TOKIO_BLOCKING: &str = "idle_cpu_ms_tokio_blocking";
+#[cfg_attr(not(feature = "peers"), allow(dead_code))]
+const IDLE_TOKIO_ASYNC: &str = "idle_cpu_ms_tokio_async";
+
+/// The goals the ring issues set; the table says whether each was met.
+pub const TARGETS: [Target; 9] = [
     Target {
         key: "speedup_vs_best_crossbeam_2p",
         goal: Goal::AtLeast(2.0),
@@ -242,6 +321,26 @@ pub const TARGETS: [Target; 4] = [
     Target {
         key: "spawn_speedup_vs_tokio_8t",
         goal: Goal::AtLeast(3.0),
+    },
+    Target {
+        key: "unbounded_speedup_vs_tokio_8p",
+        goal: Goal::AtLeast(3.0),
+    },
+    Target {
+        key: "unbounded_speedup_vs_best_crossbeam_8p",
+        goal: Goal::AtLeast(2.0),
+    },
+    Target {
+        key: "async_cpu_vs_tokio_8p",
+        goal: Goal::AtMost(1.0),
+    },
+    Target {
+        key: IDLE_BLOCKING,
+        goal: Goal::AtMost(5.0),
+    },
+    Target {
+        key: IDLE_ASYNC,
+        goal: Goal::AtMost(5.0),
     },
 ];
 
@@ -260,7 +359,22 @@ fn run(config: &Config) -> Vec<Measurement> {
     for case in &cases {
         case.measure(WARM_UP_OPS);
     }
-    super::run(BENCH.name, &cases, config)
+    let results = super::run(BENCH.name, &cases, config);
+    drop(cases);
+    let idle = if config.quick {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_secs(1)
+    };
+    eprintln!(
+        "bench {}: idle receivers, {} ms without a message",
+        BENCH.name,
+        idle.as_millis()
+    );
+    for reading in idle_readings(idle) {
+        super::record_reading(reading);
+    }
+    results
 }
 
 /// The line saying which peers this build left out, `None` when it has them all.
@@ -294,6 +408,10 @@ fn all_cases() -> Vec<Case<'static>> {
     for &n in &PRODUCERS {
         cases.extend(batch_cases(n));
     }
+    for &n in &PRODUCERS {
+        cases.extend(unbounded_cases(n));
+    }
+    cases.extend(reserve_cases(RESERVE_PRODUCERS));
     #[cfg(feature = "peers")]
     {
         for &n in &PRODUCERS {
@@ -339,6 +457,44 @@ fn batch_cases(n: usize) -> Vec<Case<'static>> {
         Tokio::new(peer_capacity()),
         n,
         SEND_BATCH,
+    ));
+    cases
+}
+
+/// The unbounded channels, `n` producers sending one at a time.
+fn unbounded_cases(n: usize) -> Vec<Case<'static>> {
+    #[allow(unused_mut)] // extended with feature `peers`
+    let mut cases = vec![sync_case::<u64, _>(
+        PERCID_UNBOUNDED,
+        Percid::unbounded(),
+        n,
+        1,
+    )];
+    #[cfg(feature = "peers")]
+    cases.extend([
+        sync_case::<u64, _>(TOKIO_UNBOUNDED, TokioUnbounded::new(), n, 1),
+        sync_case::<u64, _>(CROSSBEAM_UNBOUNDED, Crossbeam::unbounded(), n, 1),
+        sync_case::<u64, _>(SEG_QUEUE, Seg::new(), n, 1),
+        sync_case::<u64, _>(FLUME_UNBOUNDED, Flume::unbounded(), n, 1),
+    ]);
+    cases
+}
+
+/// Producers that reserve a slot, then send on the permit; `n` of them.
+fn reserve_cases(n: usize) -> Vec<Case<'static>> {
+    #[allow(unused_mut)] // extended with feature `peers`
+    let mut cases = vec![sync_case::<u64, _>(
+        PERCID_RESERVE,
+        PercidReserve(Percid::new(CAPACITY_PER_CID)),
+        n,
+        1,
+    )];
+    #[cfg(feature = "peers")]
+    cases.push(sync_case::<u64, _>(
+        TOKIO_RESERVE,
+        TokioReserve(Tokio::new(peer_capacity())),
+        n,
+        1,
     ));
     cases
 }
@@ -411,6 +567,147 @@ fn async_case<M: Message, C: AsyncChannel<M> + 'static>(
             let got = rt.block_on(chan.recv_sum_async(total));
             check(&name, got, expected_sum::<M>(total, n));
         }
+    })
+}
+
+/// One idle receiver's wait: the CPU time its thread used and the wall time it
+/// waited, each read by the thread itself just before and just after the wait.
+struct Idle {
+    cpu: Duration,
+    wall: Duration,
+}
+
+impl Idle {
+    /// Runs `wait` (which must return only once its channel is disconnected; it says
+    /// whether it did) and measures it.
+    fn measure(what: &str, wait: impl FnOnce() -> bool) -> Idle {
+        let start = (super::thread_cpu(), Instant::now());
+        let disconnected = wait();
+        Idle::since(start, what, disconnected)
+    }
+
+    /// [`Idle::measure`] of a future, from inside the future the runtime runs: the
+    /// runtime's own parking and waking happen on this thread, so they are counted.
+    async fn measure_async(what: &str, wait: impl std::future::Future<Output = bool>) -> Idle {
+        let start = (super::thread_cpu(), Instant::now());
+        let disconnected = wait.await;
+        Idle::since(start, what, disconnected)
+    }
+
+    fn since((cpu, wall): (Duration, Instant), what: &str, disconnected: bool) -> Idle {
+        let idle = Idle {
+            cpu: super::thread_cpu().saturating_sub(cpu),
+            wall: wall.elapsed(),
+        };
+        assert!(
+            disconnected,
+            "bench ring: {what} returned a message nobody sent"
+        );
+        idle
+    }
+
+    /// CPU ms per second of waiting.
+    fn ms_per_s(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e3 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    fn reading(&self, key: &'static str, what: &str) -> Reading {
+        Reading {
+            key,
+            value: Some(self.ms_per_s()),
+            unit: "ms/s",
+            detail: format!(
+                "{what}: {:.3} ms CPU in {} ms waiting on an empty channel until the \
+                 sender's drop, per the receiver thread's CLOCK_THREAD_CPUTIME_ID",
+                self.cpu.as_secs_f64() * 1e3,
+                self.wall.as_millis()
+            ),
+        }
+    }
+}
+
+/// A current-thread tokio runtime (feature `peers`) or, without tokio, the bench's
+/// parking `block_on`, runs `fut` on the calling thread.
+fn run_future<F: std::future::Future>(fut: F) -> F::Output {
+    #[cfg(feature = "peers")]
+    {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("bench ring: cannot build a tokio runtime")
+            .block_on(fut)
+    }
+    #[cfg(not(feature = "peers"))]
+    peers::block_on(fut)
+}
+
+/// Receivers of empty channels wait `idle`, all at once on their own threads, until
+/// their senders are dropped; their CPU per second of waiting (see [`Idle`]).
+fn idle_readings(idle: Duration) -> Vec<Reading> {
+    let percid_channel = || {
+        percid::ring::channel::<u64>(CAPACITY_PER_CID)
+            .unwrap_or_else(|e| panic!("bench ring: cannot build the percid ring: {e:?}"))
+    };
+    let (blocking_tx, mut blocking_rx) = percid_channel();
+    let (async_tx, mut async_rx) = percid_channel();
+    #[cfg(feature = "peers")]
+    let (tokio_blocking_tx, mut tokio_blocking_rx) = tokio::sync::mpsc::channel::<u64>(1);
+    #[cfg(feature = "peers")]
+    let (tokio_async_tx, mut tokio_async_rx) = tokio::sync::mpsc::channel::<u64>(1);
+    std::thread::scope(|s| {
+        let blocking = s.spawn(|| Idle::measure("recv()", || blocking_rx.recv().is_err()));
+        // The clocks start at the future's first poll, after the runtime is built.
+        let asynchronous = s.spawn(|| {
+            run_future(Idle::measure_async("recv_async()", async {
+                async_rx.recv_async().await.is_err()
+            }))
+        });
+        #[cfg(feature = "peers")]
+        let tokio_blocking = s.spawn(|| {
+            Idle::measure("tokio blocking_recv()", || {
+                tokio_blocking_rx.blocking_recv().is_none()
+            })
+        });
+        #[cfg(feature = "peers")]
+        let tokio_async = s.spawn(|| {
+            run_future(Idle::measure_async("tokio recv().await", async {
+                tokio_async_rx.recv().await.is_none()
+            }))
+        });
+        std::thread::sleep(idle);
+        drop(blocking_tx);
+        drop(async_tx);
+        #[cfg(feature = "peers")]
+        {
+            drop(tokio_blocking_tx);
+            drop(tokio_async_tx);
+        }
+        let join = |h: std::thread::ScopedJoinHandle<'_, Idle>| {
+            h.join().expect("bench ring: an idle receiver panicked")
+        };
+        #[allow(unused_mut)] // extended with feature `peers`
+        let mut readings = vec![
+            join(blocking).reading(IDLE_BLOCKING, "percid recv() on a plain thread"),
+            join(asynchronous).reading(
+                IDLE_ASYNC,
+                if cfg!(feature = "peers") {
+                    "percid recv_async() on a current-thread tokio runtime"
+                } else {
+                    "percid recv_async() on a parking block_on (no tokio in this build)"
+                },
+            ),
+        ];
+        #[cfg(feature = "peers")]
+        readings.extend([
+            join(tokio_blocking).reading(
+                IDLE_TOKIO_BLOCKING,
+                "tokio mpsc blocking_recv() on a plain thread",
+            ),
+            join(tokio_async).reading(
+                IDLE_TOKIO_ASYNC,
+                "tokio mpsc recv().await on a current-thread tokio runtime",
+            ),
+        ]);
+        readings
     })
 }
 
@@ -528,7 +825,7 @@ mod tests {
     #[test]
     fn ratios_and_targets_name_real_cases() {
         let names = names();
-        for r in &RATIOS {
+        for r in RATIOS.iter().chain(&CPU_RATIOS) {
             for peer in r.peer.split(" | ") {
                 assert!(
                     names.iter().any(|n| n == peer) || left_out(peer),
@@ -542,7 +839,12 @@ mod tests {
             );
         }
         for t in &TARGETS {
-            assert!(RATIOS.iter().any(|r| r.key == t.key), "no ratio {}", t.key);
+            assert!(
+                RATIOS.iter().chain(&CPU_RATIOS).any(|r| r.key == t.key)
+                    || [IDLE_BLOCKING, IDLE_ASYNC].contains(&t.key),
+                "no ratio or reading {}",
+                t.key
+            );
         }
         let mut unique = names.clone();
         unique.sort();
@@ -553,6 +855,88 @@ mod tests {
             "percid::ring u64 x1 sync 8p"
         );
         assert_eq!(spawn_name(SPAWN_TOKIO), "spawn tokio Handle::spawn 8t");
+        assert_eq!(
+            case_name(PERCID_UNBOUNDED, "u64", 1, Consumer::Sync, 8),
+            "percid::ring unbounded u64 x1 sync 8p"
+        );
+    }
+
+    #[test]
+    fn cpu_ratio_and_idle_readings_reach_table_and_json() {
+        let at = |name: &str, ns: f64| Measurement {
+            name: name.to_owned(),
+            threads: 9,
+            total_ops: 9,
+            samples: vec![ns; 3],
+        };
+        let ours = "percid::ring u64 x1 async 8p";
+        let tokio = "tokio mpsc u64 x1 async 8p";
+        let wall = vec![at(ours, 10.0), at(tokio, 40.0)];
+        // CPU per message is not wall time: percid 15 ns, tokio 60 ns.
+        let cpu = vec![at(ours, 15.0), at(tokio, 60.0)];
+        let idle = |key, value| Reading {
+            key,
+            value,
+            unit: "ms/s",
+            detail: "test".to_owned(),
+        };
+        let config = Config::new(true);
+        let report = Report::new(BENCH.name, &config, MachineLine::probe(), wall, &RATIOS)
+            .with_cpu(cpu)
+            .with_readings(vec![
+                idle(IDLE_BLOCKING, Some(0.5)),
+                idle(IDLE_ASYNC, Some(7.0)),
+            ]);
+        let table = report.table();
+        assert!(
+            table.contains("async_speedup_vs_tokio_8p: 4.00x"),
+            "{table}"
+        );
+        assert!(
+            table.contains(&format!(
+                "async_cpu_vs_tokio_8p: 0.25x  (cpu: {ours} / {tokio})  target <= 1: met"
+            )),
+            "{table}"
+        );
+        assert!(
+            table.contains("idle_cpu_ms_blocking: 0.50 ms/s  (test)  target <= 5: met"),
+            "{table}"
+        );
+        assert!(
+            table.contains("idle_cpu_ms_async: 7.00 ms/s  (test)  target <= 5: missed"),
+            "{table}"
+        );
+        let json = report.json().to_string();
+        for want in [
+            r#""cpu_ns_per_op":15,"cpu_ns_per_msg":15"#,
+            r#""cpu_ns_per_op":60,"cpu_ns_per_msg":60"#,
+            r#""async_cpu_vs_tokio_8p":0.25"#,
+            r#""async_cpu_vs_tokio_8p":{"at_most":1,"met":true}"#,
+            r#""idle_cpu_ms_blocking":{"value":0.5,"unit":"ms/s""#,
+            r#""idle_cpu_ms_async":{"at_most":5,"met":false}"#,
+            r#""cpu_ratios":["async_cpu_vs_tokio_8p"]"#,
+        ] {
+            assert!(json.contains(want), "{want} not in {json}");
+        }
+    }
+
+    #[test]
+    fn idle_receivers_return_on_disconnect() {
+        let readings = idle_readings(Duration::from_millis(50));
+        let keys: Vec<&str> = readings.iter().map(|r| r.key).collect();
+        let mut want = vec![IDLE_BLOCKING, IDLE_ASYNC];
+        if cfg!(feature = "peers") {
+            want.extend([IDLE_TOKIO_BLOCKING, IDLE_TOKIO_ASYNC]);
+        }
+        assert_eq!(keys, want);
+        for r in &readings {
+            // One thread cannot use more than a second of CPU per second.
+            assert!(
+                r.value.is_some_and(|v| (0.0..=1000.0 * 1.05).contains(&v)),
+                "{r:?}"
+            );
+            assert!(r.detail.contains(" ms CPU in "), "{r:?}");
+        }
     }
 
     #[test]

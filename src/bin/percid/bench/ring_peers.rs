@@ -17,6 +17,21 @@
 //! | flume `bounded` | `send` (blocks) | loop | `recv` (blocks) | `recv_async` |
 //! | thingbuf `mpsc` | `send` (blocks; async: `send` on a parking `block_on`) | loop | `recv` (blocks) | `recv().await` |
 //!
+//! The unbounded channels (sends never wait) and the reserve-then-send producers:
+//!
+//! | channel | producer | sync consumer |
+//! |---|---|---|
+//! | `percid::ring` unbounded (`Builder::unbounded`) | `send` | `recv_many`, `recv` when empty |
+//! | tokio `mpsc::unbounded_channel` | `send` | `blocking_recv_many` |
+//! | crossbeam-channel `unbounded` | `send` | `recv` (blocks) |
+//! | crossbeam `SegQueue` | `push` | `pop`, spin/yield when empty |
+//! | flume `unbounded` | `send` | `recv` (blocks) |
+//! | `percid::ring`, reserve | `block_on(reserve())`, then `Permit::send` | `recv_many`, `recv` when empty |
+//! | tokio `mpsc::channel`, reserve | `block_on(reserve())`, then `Permit::send` | `blocking_recv_many` |
+//!
+//! Both reserving producers wait on the same parking [`block_on`] (one poll when
+//! there is room, as there mostly is), so the two differ only in their channel.
+//!
 //! The sync consumer is each channel's own blocking receive where it has one (they
 //! all spin briefly before they park), plus its batch receive where it has one
 //! (`recv_many`, `blocking_recv_many`): whatever is queued is taken in one go, and the
@@ -32,8 +47,12 @@
 // Each includer uses a different subset (the criterion bench skips some channels).
 #![allow(dead_code)]
 
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::pin;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
 
 /// Messages at most one sync consumer takes in one batch receive.
 pub(crate) const RECV_BATCH: usize = 256;
@@ -215,6 +234,17 @@ impl<M: Send> Percid<M> {
             rx: Slot::new(rx),
         }
     }
+
+    /// `percid::ring::unbounded()`, as a user builds it: rings of
+    /// `UNBOUNDED_CAPACITY` reserved slots per cid before its spill queue.
+    pub(crate) fn unbounded() -> Percid<M> {
+        let (tx, rx) = percid::ring::unbounded()
+            .unwrap_or_else(|e| panic!("bench ring: cannot build the percid ring: {e:?}"));
+        Percid {
+            tx,
+            rx: Slot::new(rx),
+        }
+    }
 }
 
 impl<M: Message> SyncChannel<M> for Percid<M> {
@@ -238,7 +268,7 @@ impl<M: Message> SyncChannel<M> for Percid<M> {
             let (mut left, mut sum) = (n, 0u64);
             while left > 0 {
                 let max = left.min(RECV_BATCH as u64) as usize;
-                let got = rx.recv_many(&mut buf, max);
+                let got = rx.try_recv_many(&mut buf, max).unwrap_or(0);
                 if got == 0 {
                     let Ok(m) = rx.recv() else {
                         closed("percid::ring")
@@ -254,6 +284,24 @@ impl<M: Message> SyncChannel<M> for Percid<M> {
             }
             sum
         })
+    }
+}
+
+/// `percid::ring` with producers that reserve a slot (`reserve().await`) and then
+/// send on the permit.
+pub(crate) struct PercidReserve<M: Send>(pub(crate) Percid<M>);
+
+impl<M: Message> SyncChannel<M> for PercidReserve<M> {
+    #[inline]
+    fn send(&self, m: M) {
+        let Ok(permit) = block_on(self.0.tx.reserve()) else {
+            closed("percid::ring")
+        };
+        permit.send(m);
+    }
+
+    fn recv_sum(&self, n: u64) -> u64 {
+        self.0.recv_sum(n)
     }
 }
 
@@ -299,6 +347,39 @@ fn backoff(spins: &mut u32) {
     }
 }
 
+/// Wakes a parked thread.
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Runs `fut` on the calling thread, parking while it is pending: how tokio's own
+/// `blocking_send` waits, for the async-only sends of plain-thread producers. The
+/// thread's waker is made once, so a future ready at its first poll costs no
+/// allocation.
+pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
+    thread_local! {
+        static WAKER: Waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    }
+    WAKER.with(|waker| {
+        let mut cx = Context::from_waker(waker);
+        let mut fut = pin!(fut);
+        loop {
+            if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+                return out;
+            }
+            std::thread::park();
+        }
+    })
+}
+
 #[cfg(feature = "peers")]
 pub(crate) use with_feature::*;
 
@@ -306,14 +387,12 @@ pub(crate) use with_feature::*;
 #[cfg(feature = "peers")]
 mod with_feature {
     use std::future::Future;
-    use std::pin::pin;
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
-    use std::thread::Thread;
 
-    use crossbeam_queue::ArrayQueue;
+    use crossbeam_queue::{ArrayQueue, SegQueue};
 
-    use super::{Message, Percid, RECV_BATCH, Slot, SyncChannel, backoff, closed, sum_blocking};
+    use super::{
+        Message, Percid, RECV_BATCH, Slot, SyncChannel, backoff, block_on, closed, sum_blocking,
+    };
 
     /// A channel whose consumer is a future (run on a tokio runtime by the bench)
     /// while its producers are plain threads ([`SyncChannel::send`]).
@@ -416,6 +495,12 @@ mod with_feature {
             let (tx, rx) = crossbeam_channel::bounded(capacity);
             Crossbeam { tx, rx }
         }
+
+        /// crossbeam-channel's `unbounded`.
+        pub(crate) fn unbounded() -> Crossbeam<M> {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            Crossbeam { tx, rx }
+        }
     }
 
     impl<M: Message> SyncChannel<M> for Crossbeam<M> {
@@ -467,22 +552,8 @@ mod with_feature {
         }
 
         fn recv_sum(&self, n: u64) -> u64 {
-            self.rx.with(|rx| {
-                let mut buf = Vec::with_capacity(RECV_BATCH);
-                let (mut left, mut sum) = (n, 0u64);
-                while left > 0 {
-                    let max = left.min(RECV_BATCH as u64) as usize;
-                    let got = rx.blocking_recv_many(&mut buf, max);
-                    if got == 0 {
-                        closed("tokio mpsc");
-                    }
-                    for m in buf.drain(..) {
-                        sum = sum.wrapping_add(m.weight());
-                    }
-                    left -= got as u64;
-                }
-                sum
-            })
+            self.rx
+                .with(|rx| sum_tokio_many(n, |buf, max| rx.blocking_recv_many(buf, max)))
         }
     }
 
@@ -501,6 +572,108 @@ mod with_feature {
         }
     }
 
+    /// The checksum of `n` messages taken in batches with tokio's
+    /// `blocking_recv_many` (bounded and unbounded receivers alike).
+    fn sum_tokio_many<M: Message>(
+        n: u64,
+        mut recv_many: impl FnMut(&mut Vec<M>, usize) -> usize,
+    ) -> u64 {
+        let mut buf = Vec::with_capacity(RECV_BATCH);
+        let (mut left, mut sum) = (n, 0u64);
+        while left > 0 {
+            let max = left.min(RECV_BATCH as u64) as usize;
+            let got = recv_many(&mut buf, max);
+            if got == 0 {
+                closed("tokio mpsc");
+            }
+            for m in buf.drain(..) {
+                sum = sum.wrapping_add(m.weight());
+            }
+            left -= got as u64;
+        }
+        sum
+    }
+
+    /// tokio's bounded `mpsc::channel` with producers that reserve a slot
+    /// (`reserve().await`) and then send on the permit.
+    pub(crate) struct TokioReserve<M>(pub(crate) Tokio<M>);
+
+    impl<M: Message> SyncChannel<M> for TokioReserve<M> {
+        #[inline]
+        fn send(&self, m: M) {
+            let Ok(permit) = block_on(self.0.tx.reserve()) else {
+                closed("tokio mpsc")
+            };
+            permit.send(m);
+        }
+
+        fn recv_sum(&self, n: u64) -> u64 {
+            self.0.recv_sum(n)
+        }
+    }
+
+    /// tokio's `mpsc::unbounded_channel`.
+    pub(crate) struct TokioUnbounded<M> {
+        tx: tokio::sync::mpsc::UnboundedSender<M>,
+        rx: Slot<tokio::sync::mpsc::UnboundedReceiver<M>>,
+    }
+
+    impl<M> TokioUnbounded<M> {
+        pub(crate) fn new() -> TokioUnbounded<M> {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            TokioUnbounded {
+                tx,
+                rx: Slot::new(rx),
+            }
+        }
+    }
+
+    impl<M: Message> SyncChannel<M> for TokioUnbounded<M> {
+        #[inline]
+        fn send(&self, m: M) {
+            if self.tx.send(m).is_err() {
+                closed("tokio mpsc");
+            }
+        }
+
+        fn recv_sum(&self, n: u64) -> u64 {
+            self.rx
+                .with(|rx| sum_tokio_many(n, |buf, max| rx.blocking_recv_many(buf, max)))
+        }
+    }
+
+    /// crossbeam's `SegQueue`: unbounded, no blocking end, so the consumer busy-polls
+    /// (with the backoff `ArrayQueue`'s uses).
+    pub(crate) struct Seg<M>(SegQueue<M>);
+
+    impl<M> Seg<M> {
+        pub(crate) fn new() -> Seg<M> {
+            Seg(SegQueue::new())
+        }
+    }
+
+    impl<M: Message> SyncChannel<M> for Seg<M> {
+        #[inline]
+        fn send(&self, m: M) {
+            self.0.push(m);
+        }
+
+        fn recv_sum(&self, n: u64) -> u64 {
+            let mut sum = 0u64;
+            for _ in 0..n {
+                let mut spins = 0;
+                let m = loop {
+                    if let Some(m) = self.0.pop() {
+                        break m;
+                    }
+                    backoff(&mut spins);
+                };
+                sum = sum.wrapping_add(m.weight());
+            }
+            sum
+        }
+    }
+
     /// flume's `bounded`.
     pub(crate) struct Flume<M> {
         tx: flume::Sender<M>,
@@ -510,6 +683,12 @@ mod with_feature {
     impl<M> Flume<M> {
         pub(crate) fn new(capacity: usize) -> Flume<M> {
             let (tx, rx) = flume::bounded(capacity);
+            Flume { tx, rx }
+        }
+
+        /// flume's `unbounded`.
+        pub(crate) fn unbounded() -> Flume<M> {
+            let (tx, rx) = flume::unbounded();
             Flume { tx, rx }
         }
     }
@@ -610,33 +789,6 @@ mod with_feature {
                 sum = sum.wrapping_add(m.weight());
             }
             sum
-        }
-    }
-
-    /// Wakes a parked thread.
-    struct Unpark(Thread);
-
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-
-    /// Runs `fut` on the calling thread, parking while it is pending: how tokio's own
-    /// `blocking_send` waits, for the async-only sends of plain-thread producers.
-    pub(crate) fn block_on<F: Future>(fut: F) -> F::Output {
-        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        let mut fut = pin!(fut);
-        loop {
-            if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
-                return out;
-            }
-            std::thread::park();
         }
     }
 }
