@@ -354,6 +354,16 @@ impl Chunk {
         self.lanes
     }
 
+    /// Indexes a plane can hold (materialised or not).
+    pub(crate) fn cid_capacity(&self) -> u32 {
+        self.cid_capacity
+    }
+
+    /// Whether plane `plane` has its reservation (its units can be touched).
+    pub(crate) fn plane_reserved(&self, plane: u32) -> bool {
+        plane == 0 || (plane < self.planes() && !self.plane_base(plane).is_null())
+    }
+
     /// The lane for a thread on `cpu`, materialised.
     pub(crate) fn lane(&self, cpu: u32) -> u32 {
         let lane = cpu % self.lanes;

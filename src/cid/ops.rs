@@ -1229,45 +1229,40 @@ impl<'a> Word<'a> {
 
     /// Waits until every section on this word's chunk that started before the call
     /// has committed or aborted, on every shard: after it, a section that reads a
-    /// flag the caller set before the call sees it. Slow: takes each lane's lock and
-    /// each simulated cid's commit lock (bumping its generation), and runs one rseq
-    /// fence when a thread may be in an rseq section.
+    /// flag the caller set before the call sees it. Slow: takes every lane's lock and,
+    /// on the simulated backend, every cid's commit lock (bumping its generation),
+    /// materialised or not (a shard that materialises while a scan of the
+    /// materialised ones runs could otherwise run a section that read the flag
+    /// before it was set); runs one rseq fence when a thread may be in an rseq
+    /// section. (On the simulated backend, a NUMA plane reserved during the call is
+    /// not covered: the simulation of NUMA planes is for tests only.)
     ///
     /// # Errors
     /// [`ForeignError::Fence`] when the kernel refuses the rseq fence: sections on
     /// rseq cids may then still be running with the old view.
     pub(crate) fn quiesce(self) -> Result<(), ForeignError> {
         let chunk = self.chunk;
-        for (shard, _) in self.shards() {
-            match shard {
-                Shard::Lane(lane) => {
-                    let lock = chunk.lane_unit(lane).word(HEADER_LOCK);
-                    simulated::lock_word(lock);
-                    simulated::unlock_word(lock);
+        for lane in 0..chunk.lane_count() {
+            let lock = chunk.lane_unit(lane).word(HEADER_LOCK);
+            simulated::lock_word(lock);
+            simulated::unlock_word(lock);
+        }
+        match process().forced {
+            Some((Backend::Simulated, _)) => {
+                for plane in (0..chunk.planes()).filter(|&p| chunk.plane_reserved(p)) {
+                    for cid in 0..chunk.cid_capacity() {
+                        let unit = chunk.cid_unit(plane, cid);
+                        simulated::lock_word(unit.word(HEADER_LOCK));
+                        unit.word(HEADER_GENERATION).fetch_add(1, Ordering::Relaxed);
+                        simulated::unlock_word(unit.word(HEADER_LOCK));
+                    }
                 }
-                Shard::Cid(cid) | Shard::NodeCid { cid, .. }
-                    if matches!(process().forced, Some((Backend::Simulated, _))) =>
-                {
-                    let node = match shard {
-                        Shard::NodeCid { node, .. } => node,
-                        _ => 0,
-                    };
-                    let unit = chunk.cid_unit(node, cid);
-                    simulated::lock_word(unit.word(HEADER_LOCK));
-                    unit.word(HEADER_GENERATION).fetch_add(1, Ordering::Relaxed);
-                    simulated::unlock_word(unit.word(HEADER_LOCK));
-                }
-                _ => {}
+                Ok(())
             }
+            Some((Backend::Portable, _)) => Ok(()),
+            _ if !any_rseq_thread() => Ok(()),
+            _ => fence_rseq().map_err(ForeignError::Fence),
         }
-        if matches!(
-            process().forced,
-            Some((Backend::Simulated | Backend::Portable, _))
-        ) || !any_rseq_thread()
-        {
-            return Ok(());
-        }
-        fence_rseq().map_err(ForeignError::Fence)
     }
 
     /// The shard the caller's next section on this word would most likely run on:

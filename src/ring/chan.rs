@@ -40,6 +40,9 @@ pub(super) const GATE_CLOSED: u64 = 1;
 /// Values wait in the spill queue: sends go there too, behind them, so that every
 /// thread's values keep their order. Set and cleared under the spill lock only.
 pub(super) const GATE_SPILL: u64 = 2;
+/// `permits` bit: the gate closed, no permit may be taken any more.
+pub(super) const PERMITS_CLOSED: u64 = 1 << 63;
+
 /// The receiver is giving taken slots' pages back (unbounded channels): no send
 /// may write a slot meanwhile. Set and cleared by the receiver only.
 pub(super) const GATE_TRIM: u64 = 4;
@@ -109,7 +112,9 @@ pub(super) struct Chan<T> {
     /// Strong senders (the channel disconnects when the last one goes).
     pub(super) senders: Padded<AtomicU64>,
     pub(super) weak: AtomicU64,
-    /// Permits taken and not yet used or dropped.
+    /// Permits taken and not yet used or dropped, and [`PERMITS_CLOSED`] once the
+    /// gate closed: one word, so that a permit is either counted before the close
+    /// or refused after it (read-modify-writes of one word are totally ordered).
     pub(super) permits: AtomicU64,
     /// Values that found their ring full (unbounded channels, permits), in order.
     pub(super) spill: Padded<Mutex<VecDeque<T>>>,
@@ -193,6 +198,7 @@ impl<T> Chan<T> {
     /// already inside its section may then still publish.
     pub(super) fn close_gate(&self, fence: bool) -> bool {
         self.gate().fetch_or(GATE_CLOSED, Ordering::SeqCst);
+        self.permits.fetch_or(PERMITS_CLOSED, Ordering::SeqCst);
         // A spilling sender checks the gate under the spill lock: once we held it,
         // every later spill sees the gate closed.
         drop(lock(&self.spill.0));

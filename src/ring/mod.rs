@@ -395,7 +395,14 @@ impl Builder {
                 max: MAX_CAPACITY,
             });
         }
-        let capacity = capacity.next_power_of_two();
+        let mut capacity = capacity.next_power_of_two();
+        if self.unbounded && self.capacity.is_none() {
+            // Where the kernel will not reserve that much address space (strict
+            // overcommit ignores MAP_NORESERVE), a smaller default ring.
+            while capacity > 1024 && !can_reserve(capacity * size_of::<Cell<T>>()) {
+                capacity /= 2;
+            }
+        }
         let align = align_of::<Cell<T>>();
         if align > MAX_ALIGN {
             return Err(RingError::AlignTooLarge {
@@ -437,6 +444,27 @@ impl Builder {
         let rx = Receiver::new(chan.clone());
         Ok((Sender { chan }, rx))
     }
+}
+
+/// Whether a `MAP_NORESERVE` mapping of `bytes` can be made here now (the unbounded
+/// rings' buffers).
+fn can_reserve(bytes: usize) -> bool {
+    // SAFETY: an anonymous mapping, unmapped at once; no memory of ours is touched.
+    unsafe {
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            bytes.max(1),
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if ptr == libc::MAP_FAILED {
+            return false;
+        }
+        libc::munmap(ptr, bytes.max(1));
+    }
+    true
 }
 
 /// Why a channel could not be built.

@@ -3,7 +3,8 @@
 use super::UNBOUNDED_TRIM_BYTES;
 use super::blocking;
 use super::chan::{
-    BUFFER, Chan, GATE_SPILL, GATE_TRIM, HEAD, RECEIVER_CLOSED, RECEIVER_GONE, SENDERS_GONE, TAIL,
+    BUFFER, Chan, GATE_SPILL, GATE_TRIM, HEAD, PERMITS_CLOSED, RECEIVER_CLOSED, RECEIVER_GONE,
+    SENDERS_GONE, TAIL,
 };
 use super::signal::{Waiter, lock};
 use super::{RecvError, RecvTimeoutError, TryRecvError};
@@ -188,8 +189,9 @@ impl<T> Receiver<T> {
         if closed & SENDERS_GONE != 0 {
             return true;
         }
-        // Against `try_permit`: it sees the gate closed or we see its permit.
-        closed & RECEIVER_CLOSED != 0 && self.chan.permits.load(Ordering::SeqCst) == 0
+        // Every permit is counted in the word `close` marked, or was refused.
+        closed & RECEIVER_CLOSED != 0
+            && self.chan.permits.load(Ordering::Acquire) & !PERMITS_CLOSED == 0
     }
 
     /// [`Receiver::try_recv`] that also says which shard's ring held the value

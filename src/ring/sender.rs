@@ -1,7 +1,7 @@
 //! The producing end: any number of [`Sender`]s, each send one rseq critical section.
 
 use super::blocking;
-use super::chan::{Cell, Chan, GATE_CLOSED, RECEIVER_GONE, SENDERS_GONE};
+use super::chan::{Cell, Chan, GATE_CLOSED, PERMITS_CLOSED, RECEIVER_GONE, SENDERS_GONE};
 use super::signal::{Waiter, lock};
 use super::{SendError, SendTimeoutError, TrySendError};
 use crate::cid::Pushed;
@@ -464,14 +464,22 @@ impl<T> Chan<T> {
         if !self.room_hint() {
             return Err(TrySendError::Full(e));
         }
-        self.permits.fetch_add(1, Ordering::SeqCst);
-        // Against `Receiver::close`: either it sees the permit, or we see the gate
-        // closed (both SeqCst).
-        if self.gate().load(Ordering::SeqCst) & GATE_CLOSED != 0 {
-            self.release_permit();
-            return Err(TrySendError::Disconnected(e));
+        // Against `Receiver::close`: counted before it marks the word, or refused.
+        let mut permits = self.permits.load(Ordering::Relaxed);
+        loop {
+            if permits & PERMITS_CLOSED != 0 {
+                return Err(TrySendError::Disconnected(e));
+            }
+            match self.permits.compare_exchange_weak(
+                permits,
+                permits + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(seen) => permits = seen,
+            }
         }
-        Ok(())
     }
 
     /// Sends a permitted value: its ring when it has room, else the spill queue; a
@@ -494,7 +502,7 @@ impl<T> Chan<T> {
 
     /// A permit was used or dropped: the receiver of a closed channel may finish.
     pub(super) fn release_permit(&self) {
-        self.permits.fetch_sub(1, Ordering::SeqCst);
+        self.permits.fetch_sub(1, Ordering::AcqRel);
         self.rx.0.notify(self.fence);
     }
 
