@@ -217,3 +217,134 @@ fn forked_children_can_allocate() {
         stop.store(true, Ordering::Relaxed);
     });
 }
+
+/// The process's resident set in bytes.
+fn resident() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .expect("resident pages");
+    // SAFETY: sysconf has no memory effects.
+    pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize
+}
+
+#[test]
+fn a_large_zeroed_vector_costs_no_memory_until_written() {
+    let before = resident();
+    let mut v = vec![0u8; 1 << 30];
+    let after = resident();
+    assert!(
+        after < before + (64 << 20),
+        "vec![0u8; 1 GiB] made {} MiB resident: zeroed by hand, not by calloc",
+        (after - before) >> 20
+    );
+    assert_eq!(v[123_456_789], 0);
+    v[1 << 29] = 7;
+    assert_eq!(
+        v.iter().step_by(4096).map(|&b| u64::from(b)).sum::<u64>(),
+        7
+    );
+}
+
+#[test]
+fn large_blocks_keep_their_contents_when_they_grow_and_shrink() {
+    let mut v: Vec<u64> = Vec::new();
+    for i in 0..5_000_000u64 {
+        v.push(i ^ 0x5555);
+    }
+    assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64 ^ 0x5555));
+    v.truncate(1000);
+    v.shrink_to_fit(); // back into a size class: system block to ours
+    assert!(v.iter().enumerate().all(|(i, &x)| x == i as u64 ^ 0x5555));
+    v.extend(0..100_000u64); // and out again
+    assert_eq!(v.len(), 101_000);
+    assert_eq!(v[1000 + 99_999], 99_999);
+}
+
+#[test]
+fn default_is_new() {
+    assert_eq!(
+        format!("{:?}", PerCidAlloc::default()),
+        format!("{:?}", PerCidAlloc::new())
+    );
+    assert_eq!(
+        ALLOC.poisoning(),
+        Some(true),
+        "the heap runs in the global's mode"
+    );
+}
+
+/// Runs this test binary's test `name` alone in a child process with `CHILD=name`
+/// and returns its status and standard error.
+fn child(name: &str) -> (std::process::ExitStatus, String) {
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env("PERCID_ALLOC_CHILD", name)
+        .output()
+        .expect("child runs");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn in_child(name: &str) -> bool {
+    std::env::var("PERCID_ALLOC_CHILD").as_deref() == Ok(name)
+}
+
+#[test]
+fn double_free_child() {
+    if !in_child("double_free_child") {
+        return;
+    }
+    let layout = std::alloc::Layout::new::<[u64; 6]>();
+    // SAFETY: a valid layout; the second free is the bug under test (the allocator
+    // must abort before it touches anything).
+    unsafe {
+        let p = std::alloc::GlobalAlloc::alloc(&ALLOC, layout);
+        std::alloc::GlobalAlloc::dealloc(&ALLOC, p, layout);
+        std::alloc::GlobalAlloc::dealloc(&ALLOC, p, layout);
+    }
+}
+
+#[test]
+fn a_double_free_aborts_with_a_message() {
+    use std::os::unix::process::ExitStatusExt;
+    let (status, stderr) = child("double_free_child");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "status {status}: {stderr}"
+    );
+    assert!(stderr.contains("double free"), "stderr: {stderr}");
+}
+
+#[test]
+fn mode_conflict_child() {
+    if !in_child("mode_conflict_child") {
+        return;
+    }
+    // The heap poisons (the global allocator set it up); this one does not.
+    let plain = PerCidAlloc::new();
+    assert_eq!(plain.poisoning(), Some(true));
+    plain.trim(); // aborts in release builds, where `new()` does not poison
+}
+
+#[test]
+fn a_poisoning_conflict_is_an_error_not_silence() {
+    use std::os::unix::process::ExitStatusExt;
+    let (status, stderr) = child("mode_conflict_child");
+    if cfg!(debug_assertions) {
+        // `new()` poisons in debug builds: no conflict.
+        assert!(status.success(), "status {status}: {stderr}");
+    } else {
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGABRT),
+            "status {status}: {stderr}"
+        );
+        assert!(stderr.contains("shares one heap"), "stderr: {stderr}");
+    }
+}

@@ -35,13 +35,33 @@
 //!
 //! [`PerCidAlloc::with_poisoning`] (and every debug build) fills freed blocks, past
 //! their two link words, with a pattern and checks it when the block is handed out
-//! again: a write after free aborts the process with a message.
+//! again: a write after free aborts the process with a message. It also keeps a bit
+//! per 16 bytes of the spans (set while a block is free, in a reserved map whose
+//! pages are committed as spans are used) and aborts with a message on a second free
+//! of a block.
+//!
+//! # Large blocks
+//!
+//! Requests beyond the classes go to the system allocator, and so do their
+//! `alloc_zeroed` (calloc's lazily zeroed pages: a `vec![0u8; 1 << 30]` costs
+//! nothing until written) and `realloc` (glibc grows a large block in place or moves
+//! its pages with `mremap` instead of copying).
+//!
+//! # `allocator-api2`
+//!
+//! With feature `allocator-api2`, `PerCidAlloc` implements the `Allocator` trait of
+//! allocator-api2 **0.2** (the version hashbrown uses), re-exported as
+//! [`percid::alloc::allocator_api2`](self::allocator_api2) so a program can name the
+//! same version (`cargo add allocator-api2` picks a newer, incompatible one).
 
 use crate::cid::list::{self, first as chain_node, len as chain_len, pack};
 use crate::cid::{Arena, ListFull, Word, Words};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+#[cfg(feature = "allocator-api2")]
+pub use allocator_api2;
 
 /// Number of size classes.
 pub const CLASSES: usize = 40;
@@ -193,6 +213,10 @@ struct Heap {
     bump: AtomicUsize,
     /// The cache heads: word `c` is class `c`'s (a leaked `Words`).
     heads: AtomicUsize,
+    /// With poisoning: a bit per 16 bytes of the reservation, set while the block
+    /// starting there is free (a `MAP_NORESERVE` mapping, 0 when absent): a second
+    /// free of a block finds its bit set.
+    free_map: AtomicUsize,
     classes: [Class; CLASSES],
     /// One drainer at a time (the drain token is one value).
     trim: SpinLock,
@@ -205,6 +229,7 @@ static HEAP: Heap = Heap {
     len: AtomicUsize::new(0),
     bump: AtomicUsize::new(0),
     heads: AtomicUsize::new(0),
+    free_map: AtomicUsize::new(0),
     classes: [const { Class::new() }; CLASSES],
     trim: SpinLock::new(),
 };
@@ -293,6 +318,23 @@ impl Heap {
             return false;
         };
         let words: &'static Words<'static> = Box::leak(Box::new(words));
+        if self.poison.load(Ordering::Relaxed) {
+            // SAFETY: an anonymous private mapping, checked below; pages are
+            // committed as the spans they describe are used.
+            let map = unsafe {
+                libc::mmap(
+                    null_mut(),
+                    len / 128,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if map != libc::MAP_FAILED {
+                self.free_map.store(map as usize, Ordering::Relaxed);
+            }
+        }
         self.base.store(base, Ordering::Relaxed);
         self.len.store(len, Ordering::Relaxed);
         self.bump.store(base, Ordering::Relaxed);
@@ -378,6 +420,39 @@ impl Heap {
         chain
     }
 
+    /// The free-map word and bit of a block of ours (`None` without the map).
+    #[inline]
+    fn free_bit(&self, block: *mut u8) -> Option<(&AtomicU64, u64)> {
+        let map = self.free_map.load(Ordering::Relaxed);
+        if map == 0 {
+            return None;
+        }
+        let index = (block as usize - self.base.load(Ordering::Relaxed)) / 16;
+        // SAFETY: the map covers the reservation, a bit per 16 bytes, and lives as
+        // long as the process.
+        let word = unsafe { &*((map + index / 64 * 8) as *const AtomicU64) };
+        Some((word, 1 << (index % 64)))
+    }
+
+    /// Records a free of a block of ours; aborts when it was free already.
+    fn mark_free(&self, block: *mut u8, size: usize) {
+        if let Some((word, bit)) = self.free_bit(block)
+            && word.fetch_or(bit, Ordering::AcqRel) & bit != 0
+        {
+            let msg =
+                format_args!("percid::alloc: double free of the {size}-byte block at {block:p}\n");
+            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), msg);
+            std::process::abort();
+        }
+    }
+
+    /// Records that a block of ours is handed out.
+    fn mark_used(&self, block: *mut u8) {
+        if let Some((word, bit)) = self.free_bit(block) {
+            word.fetch_and(!bit, Ordering::AcqRel);
+        }
+    }
+
     /// Pushes a chain on the class's depot.
     fn give_chain(&self, class: usize, chain: u64) {
         let c = &self.classes[class];
@@ -427,9 +502,16 @@ fn reserve(len: usize) -> Option<(usize, usize)> {
 ///     assert_eq!(v.iter().sum::<u64>(), 499_500);
 /// }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PerCidAlloc {
     poison: bool,
+}
+
+/// The same as [`PerCidAlloc::new`] (poisoning in debug builds).
+impl Default for PerCidAlloc {
+    fn default() -> Self {
+        PerCidAlloc::new()
+    }
 }
 
 impl PerCidAlloc {
@@ -440,9 +522,37 @@ impl PerCidAlloc {
         }
     }
 
-    /// The allocator with freed blocks poisoned and checked (see the module docs).
+    /// The allocator with freed blocks poisoned and checked, and double frees
+    /// detected (see the module docs).
+    ///
+    /// Every `PerCidAlloc` of a process shares one heap, and the first one used sets
+    /// it up: an allocator whose poisoning differs from the heap's aborts the process
+    /// with a message the first time it takes a slow path, rather than silently
+    /// working in the other mode. [`PerCidAlloc::poisoning`] says which mode the heap
+    /// runs in.
     pub const fn with_poisoning() -> PerCidAlloc {
         PerCidAlloc { poison: true }
+    }
+
+    /// Whether the shared heap poisons freed blocks (`None` before it is set up).
+    pub fn poisoning(&self) -> Option<bool> {
+        HEAP.ready().then(|| HEAP.poison.load(Ordering::Relaxed))
+    }
+
+    /// Aborts when this allocator's poisoning differs from the shared heap's (an
+    /// allocator never panics: it may run where unwinding cannot).
+    #[cold]
+    fn check_mode(&self) {
+        if HEAP.ready() && HEAP.poison.load(Ordering::Relaxed) != self.poison {
+            let msg = format_args!(
+                "percid::alloc: a PerCidAlloc with poisoning {} used on a heap set up with \
+                 poisoning {}: every PerCidAlloc of a process shares one heap; use one mode\n",
+                if self.poison { "on" } else { "off" },
+                if self.poison { "off" } else { "on" },
+            );
+            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), msg);
+            std::process::abort();
+        }
     }
 
     /// Moves every block parked in the cid caches to the class depots, so that
@@ -451,6 +561,7 @@ impl PerCidAlloc {
         if !HEAP.ready() {
             return;
         }
+        self.check_mode();
         HEAP.trim.lock();
         guarded(|| {
             for class in 0..CLASSES {
@@ -485,6 +596,7 @@ impl PerCidAlloc {
             // SAFETY: forwarded from the caller (a valid, non-zero-size layout).
             return unsafe { System.alloc(layout) };
         }
+        self.check_mode();
         guarded(|| {
             // A thread's first section resolves its registration (which may
             // allocate): under the guard.
@@ -511,6 +623,7 @@ impl PerCidAlloc {
     #[cold]
     #[inline(never)]
     fn spill(&self, class: usize, block: usize) {
+        self.check_mode();
         guarded(|| {
             let head = HEAP.head(class);
             let batch = u64::from(cache_capacity(class) / 2).max(1);
@@ -619,6 +732,7 @@ unsafe impl GlobalAlloc for PerCidAlloc {
             return;
         };
         if HEAP.poison.load(Ordering::Relaxed) {
+            HEAP.mark_free(ptr, class_size(class));
             poison(ptr, class);
         }
         let push = || {
@@ -642,10 +756,34 @@ unsafe impl GlobalAlloc for PerCidAlloc {
     }
 
     #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if class_of(layout).is_none() {
+            // Large: the system's calloc maps fresh zero pages without touching
+            // them (a `vec![0; 1 << 30]` costs no time and no memory until used).
+            // SAFETY: forwarded from the caller.
+            return unsafe { System.alloc_zeroed(layout) };
+        }
+        // SAFETY: forwarded from the caller.
+        let block = unsafe { self.alloc(layout) };
+        if !block.is_null() {
+            // SAFETY: the block holds at least `layout.size()` bytes.
+            unsafe { std::ptr::write_bytes(block, 0, layout.size()) };
+        }
+        block
+    }
+
+    #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if HEAP.ready()
-            && HEAP.contains(ptr)
-            && let Ok(new) = Layout::from_size_align(new_size, layout.align())
+        let ours = HEAP.ready() && HEAP.contains(ptr);
+        if !ours {
+            // The system's block (large, or from before the heap): the system's
+            // realloc grows it in place or moves its pages (`mremap`) instead of
+            // copying; the result stays the system's, and `dealloc` finds it there
+            // by address whatever its new size.
+            // SAFETY: forwarded from the caller; the block is the system's.
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        }
+        if let Ok(new) = Layout::from_size_align(new_size, layout.align())
             && class_of(new).is_some()
             && class_of(new) == class_of(layout)
         {
@@ -701,6 +839,7 @@ unsafe impl allocator_api2::alloc::Allocator for PerCidAlloc {
 fn checked(block: *mut u8, class: usize) -> *mut u8 {
     if HEAP.poison.load(Ordering::Relaxed) {
         check_poison(block, class);
+        HEAP.mark_used(block);
     }
     block
 }

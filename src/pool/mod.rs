@@ -271,6 +271,10 @@ impl<T: Send> PoolBuilder<T> {
                 capacity: self.capacity,
             });
         }
+        // The drains fence with membarrier, whose first use registers the process
+        // (the kernel then waits for an RCU grace period): register here, before
+        // any thread can wait behind a drain for it.
+        let _ = crate::rseq::fence_available();
         let batch = self.batch.unwrap_or((self.capacity / 2).max(1));
         if batch == 0 || batch > self.capacity {
             return Err(PoolError::BadBatch {
