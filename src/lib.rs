@@ -77,5 +77,5 @@ pub(crate) mod sync;
 pub mod testing;
 
 pub use counter::{Counter, CounterBuilder, NumaCounter, PerCid, SignedCounter};
-pub use pool::{Pool, PoolBox};
+pub use pool::{OwnedPoolBox, Pool, PoolBox};
 pub use rseq::{current_cid, current_cpu, current_node};

@@ -191,3 +191,37 @@ fn pool_bounded_get_finds_an_object_parked_elsewhere() {
         account(p, 1);
     });
 }
+
+/// A bounded pool with one object, held by the main thread while another thread's
+/// `get` waits (registers, fences, looks again, parks): the drop wakes it, whichever
+/// way they interleave (a lost wake-up is a deadlock loom reports). On a cid and on
+/// a lane.
+fn blocked_get_is_woken_by_a_drop(getter: Option<u32>) {
+    loom::model(move || {
+        let p = pool(1, Some(1));
+        set_simulated_cid(0);
+        let held = p.get();
+        claim(&held, 1);
+        let other = thread::spawn(move || {
+            place(getter);
+            let a = p.get();
+            claim(&a, 2);
+            release(&a, 2);
+        });
+        release(&held, 1);
+        drop(held);
+        other.join().unwrap();
+        assert_eq!(p.created(), 1);
+        account(p, 1);
+    });
+}
+
+#[test]
+fn pool_blocked_get_is_woken_by_a_drop() {
+    blocked_get_is_woken_by_a_drop(Some(1));
+}
+
+#[test]
+fn pool_blocked_portable_get_is_woken_by_a_drop() {
+    blocked_get_is_woken_by_a_drop(None);
+}

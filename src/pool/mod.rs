@@ -66,15 +66,23 @@
 //! [`PoolBox::from_raw`] a pointer that is not a raw object of this pool, panics with
 //! a message instead of corrupting the lists.
 
+mod wait;
+
 use crate::cid::list::{self, first as chain_node, len as chain_len, pack};
 use crate::cid::{self, Arena, HotWord, ListFull, NodeHotWord, Shard, StorageError, Word, Words};
 use crate::numa::Topology;
 use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 use std::cell::UnsafeCell;
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
 use std::ptr::NonNull;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use wait::{Waiter, Waiters};
 
 /// Most objects a cache may hold: the list length has 16 bits, and the all-ones
 /// length is the drain token.
@@ -319,6 +327,8 @@ impl<T: Send> PoolBuilder<T> {
             created: AtomicU64::new(0),
             slabs: Mutex::new(Vec::new()),
             drain: Mutex::new(()),
+            bounded: self.max_objects.is_some(),
+            waiters: Waiters::new(),
         })
     }
 }
@@ -522,6 +532,10 @@ pub struct Pool<T> {
     slabs: Mutex<Vec<Slab<T>>>,
     /// Serialises drains: the drain token is one value, so one drainer at a time.
     drain: Mutex<()>,
+    /// `max_objects` was set: getters may wait, and drops wake them.
+    bounded: bool,
+    /// Getters waiting for an object (see `wait.rs`).
+    waiters: Waiters,
 }
 
 // SAFETY: the pool hands its `T`s to whichever thread gets them (so `T: Send`), and
@@ -557,20 +571,91 @@ impl<T: Send> Pool<T> {
     }
 
     /// An object: from the calling cid's cache (one rseq section), else from the
-    /// depot, else a new one. A bounded pool whose objects are all in use waits
-    /// (spinning, then yielding) until one comes back: see [`Pool::try_get`].
-    /// Objects parked in other cids' caches are found by draining those caches,
-    /// which needs the rseq fence ([`crate::rseq::fence_available`]); where the
-    /// kernel refuses it (seccomp, Linux before 5.10), a bounded pool can wait for
-    /// objects that sit idle in another cid's cache: size the bound with the caches
-    /// in mind (`capacity ×` cids) or use `try_get`.
+    /// depot, else a new one. A bounded pool whose objects are all in use parks the
+    /// thread until a drop gives one back (no spinning): see [`Pool::try_get`],
+    /// [`Pool::get_timeout`] and, in async code, [`Pool::get_async`]. Objects parked
+    /// in other cids' caches are found by draining those caches, which needs the
+    /// rseq fence ([`crate::rseq::fence_available`]); where the kernel refuses it
+    /// (seccomp, Linux before 5.10), a bounded pool can wait for objects that sit
+    /// idle in another cid's cache: size the bound with the caches in mind
+    /// (`capacity ×` cids) or use `try_get`.
+    ///
+    /// ```
+    /// let pool = percid::Pool::builder(|| 0u64).max_objects(1).build().unwrap();
+    /// let first = pool.get();
+    /// std::thread::scope(|s| {
+    ///     let waiter = s.spawn(|| *pool.get() + 1); // parks until `first` is back
+    ///     drop(first);
+    ///     assert_eq!(waiter.join().unwrap(), 1);
+    /// });
+    /// ```
     #[inline]
     pub fn get(&self) -> PoolBox<'_, T> {
         if let Some(slot) = self.pop() {
             return self.boxed(slot);
         }
-        self.get_slow(true)
-            .expect("a blocking get returns an object")
+        self.get_waiting(None)
+            .expect("a get without deadline returns an object")
+    }
+
+    /// [`Pool::get`] that waits at most `timeout` for a bounded pool's object to come
+    /// back; `None` when none did.
+    pub fn get_timeout(&self, timeout: Duration) -> Option<PoolBox<'_, T>> {
+        if let Some(slot) = self.pop() {
+            return Some(self.boxed(slot));
+        }
+        self.get_waiting(Some(Instant::now().checked_add(timeout)?))
+    }
+
+    /// [`Pool::get`] as a future: a bounded pool's getter registers its task and
+    /// returns `Pending` until a drop gives an object back (it never spins or wakes
+    /// itself).
+    ///
+    /// ```
+    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # rt.block_on(async {
+    /// let pool = percid::Pool::builder(Vec::<u8>::new).max_objects(2).build().unwrap();
+    /// let mut buf = pool.get_async().await;
+    /// buf.push(1);
+    /// # });
+    /// ```
+    pub fn get_async(&self) -> GetFuture<'_, T> {
+        GetFuture {
+            pool: self,
+            id: None,
+        }
+    }
+
+    /// A [`Pool::get`] for a pool shared through an `Arc`: the box owns a reference
+    /// to the pool, so it is `'static` and can move into spawned tasks and threads
+    /// (object-pool's `pull_owned`, sharded-slab's `create_owned`).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// let pool = Arc::new(percid::Pool::new(|| String::with_capacity(64)).unwrap());
+    /// let mut s = pool.get_owned();
+    /// std::thread::spawn(move || s.push_str("moved")).join().unwrap();
+    /// ```
+    pub fn get_owned(self: &Arc<Self>) -> OwnedPoolBox<T> {
+        let boxed = self.get();
+        let slot = boxed.slot;
+        std::mem::forget(boxed);
+        OwnedPoolBox {
+            pool: Arc::clone(self),
+            slot,
+        }
+    }
+
+    /// [`Pool::try_get`] for a pool shared through an `Arc` (see
+    /// [`Pool::get_owned`]).
+    pub fn try_get_owned(self: &Arc<Self>) -> Option<OwnedPoolBox<T>> {
+        let boxed = self.try_get()?;
+        let slot = boxed.slot;
+        std::mem::forget(boxed);
+        Some(OwnedPoolBox {
+            pool: Arc::clone(self),
+            slot,
+        })
     }
 
     /// Like [`Pool::get`], but `None` when the pool is bounded and every object it
@@ -582,7 +667,7 @@ impl<T: Send> Pool<T> {
         if let Some(slot) = self.pop() {
             return Some(self.boxed(slot));
         }
-        self.get_slow(false)
+        self.acquire().map(|slot| self.boxed(slot))
     }
 
     #[inline(always)]
@@ -689,42 +774,72 @@ impl<T: Send> Pool<T> {
         }
     }
 
+    /// One full search for an object after the caller's cache was empty: the
+    /// depot, the other caches (drained when they hold a batch), a new slab, other
+    /// nodes' depots, then every cache drained; `None` when the pool is at its bound
+    /// and nothing is free now.
     #[cold]
     #[inline(never)]
-    fn get_slow(&self, block: bool) -> Option<PoolBox<'_, T>> {
-        let mut round = 0;
+    fn acquire(&self) -> Option<&Slot<T>> {
         loop {
             if let Some(slot) = self.pop() {
-                return Some(self.boxed(slot));
+                return Some(slot);
             }
             let node = self.node_now();
             // The guard must be gone before `install`, which may lock a depot.
             let chain = lock(self.depot(node)).pop();
             if let Some(chain) = chain {
-                return Some(self.boxed(self.install(chain)));
+                return Some(self.install(chain));
             }
             // Idle caches first, a new slab only when they hold little.
             if self.cached_elsewhere() >= self.batch && self.drain_caches() > 0 {
                 continue;
             }
             if let Some(chain) = self.grow(node) {
-                return Some(self.boxed(self.install(chain)));
+                return Some(self.install(chain));
             }
             // Bounded and every object created: what other nodes' depots hold (a
             // NUMA pool) and what is parked in caches counts.
             if let Some(chain) = self.steal(node) {
-                return Some(self.boxed(self.install(chain)));
+                return Some(self.install(chain));
             }
             if self.drain_caches() > 0 {
                 continue;
             }
-            if !block {
-                return None;
-            }
-            crate::sync::backoff(&mut round);
+            return None;
         }
     }
 
+    /// Waits (parked) for an object until `deadline`: registers, looks once more
+    /// after the heavy fence, parks until a drop wakes it (see `wait.rs`).
+    #[cold]
+    #[inline(never)]
+    fn get_waiting(&self, deadline: Option<Instant>) -> Option<PoolBox<'_, T>> {
+        let id = self.waiters.id();
+        let waiter = Waiter::Thread(crate::sync::current_thread());
+        let mut registered = false;
+        loop {
+            if let Some(slot) = self.acquire() {
+                if registered {
+                    self.waiters.unregister(id);
+                }
+                return Some(self.boxed(slot));
+            }
+            if self.waiters.register(id, waiter.clone()) {
+                registered = true;
+                continue;
+            }
+            let now = Instant::now();
+            match deadline {
+                Some(d) if now >= d => {
+                    self.waiters.unregister(id);
+                    return None;
+                }
+                Some(d) => crate::sync::park_timeout(d - now),
+                None => crate::sync::park(),
+            }
+        }
+    }
     /// The depot of node `node` (below the pool's nodes).
     fn depot(&self, node: usize) -> &Mutex<Vec<u64>> {
         &self.depots[node]
@@ -929,6 +1044,9 @@ impl<T: Send> Pool<T> {
         if let Err(ListFull) = pushed {
             self.spill(slot);
         }
+        if self.bounded {
+            self.waiters.notify();
+        }
     }
 
     /// The cache is full: `slot` and up to `batch - 1` objects of the cache go to the
@@ -1018,6 +1136,24 @@ impl<'a, T: Send> PoolBox<'a, T> {
         this.slot().home
     }
 
+    /// Takes the value out of the pool for good: the caller gets the `T`, and the
+    /// slot goes back to the pool holding a fresh value from the pool's `init`. The
+    /// pool's count of objects and its bound (`max_objects`) are unchanged: a
+    /// detached value no longer counts, its replacement does.
+    ///
+    /// ```
+    /// let pool = percid::Pool::builder(|| vec![0u8; 4]).max_objects(1).build().unwrap();
+    /// let mut b = pool.get();
+    /// b[0] = 9;
+    /// let kept: Vec<u8> = percid::PoolBox::detach(b);
+    /// assert_eq!(kept[0], 9);
+    /// assert_eq!(pool.get()[0], 0); // the pool's one object is a fresh one
+    /// ```
+    pub fn detach(mut this: Self) -> T {
+        let fresh = (this.pool.init)();
+        std::mem::replace(&mut *this, fresh)
+    }
+
     /// Gives up the box without returning the object: a pointer to the value, for
     /// [`PoolBox::from_raw`]. An object never given back stays in use (and is
     /// dropped with the pool).
@@ -1094,6 +1230,100 @@ impl<T: Send> Drop for PoolBox<'_, T> {
     #[inline]
     fn drop(&mut self) {
         self.pool.put(self.slot());
+    }
+}
+
+/// The future of [`Pool::get_async`].
+#[must_use = "futures do nothing unless polled"]
+pub struct GetFuture<'a, T> {
+    pool: &'a Pool<T>,
+    /// Registration among the pool's waiters, once the pool was found exhausted.
+    id: Option<u64>,
+}
+
+impl<'a, T: Send> Future for GetFuture<'a, T> {
+    type Output = PoolBox<'a, T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PoolBox<'a, T>> {
+        let pool = self.pool;
+        loop {
+            if let Some(slot) = pool.pop().or_else(|| pool.acquire()) {
+                if let Some(id) = self.id.take() {
+                    pool.waiters.unregister(id);
+                }
+                return Poll::Ready(pool.boxed(slot));
+            }
+            let id = *self.id.get_or_insert_with(|| pool.waiters.id());
+            if !pool.waiters.register(id, Waiter::Task(cx.waker().clone())) {
+                return Poll::Pending;
+            }
+            // Newly registered: look once more after the heavy fence.
+        }
+    }
+}
+
+impl<T> Drop for GetFuture<'_, T> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.pool.waiters.unregister(id);
+        }
+    }
+}
+
+impl<T> fmt::Debug for GetFuture<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetFuture")
+            .field("waiting", &self.id.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An object of a pool shared through an `Arc` ([`Pool::get_owned`]): like
+/// [`PoolBox`], but it owns a reference to its pool, so it is `'static`.
+pub struct OwnedPoolBox<T: Send> {
+    pool: Arc<Pool<T>>,
+    slot: NonNull<Slot<T>>,
+}
+
+// SAFETY: as for `PoolBox`: the box owns its value exclusively.
+unsafe impl<T: Send> Send for OwnedPoolBox<T> {}
+// SAFETY: `&OwnedPoolBox` only gives `&T`.
+unsafe impl<T: Send + Sync> Sync for OwnedPoolBox<T> {}
+
+impl<T: Send> OwnedPoolBox<T> {
+    /// The pool the object goes back to.
+    pub fn pool(this: &Self) -> &Arc<Pool<T>> {
+        &this.pool
+    }
+}
+
+impl<T: Send> Deref for OwnedPoolBox<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: the slot lives in one of the pool's slabs, which the `Arc` keeps;
+        // the box owns the value.
+        unsafe { &*self.slot.as_ref().value.get() }
+    }
+}
+
+impl<T: Send> DerefMut for OwnedPoolBox<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: as in `deref`, exclusively.
+        unsafe { &mut *self.slot.as_ref().value.get() }
+    }
+}
+
+impl<T: Send> Drop for OwnedPoolBox<T> {
+    fn drop(&mut self) {
+        // SAFETY: as in `deref`; the slot is ours until `put`.
+        self.pool.put(unsafe { self.slot.as_ref() });
+    }
+}
+
+impl<T: Send + fmt::Debug> fmt::Debug for OwnedPoolBox<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("OwnedPoolBox").field(&**self).finish()
     }
 }
 
