@@ -51,7 +51,7 @@
 //!
 //! With feature `allocator-api2`, `PerCidAlloc` implements the `Allocator` trait of
 //! allocator-api2 **0.2** (the version hashbrown uses), re-exported as
-//! [`percid::alloc::allocator_api2`](self::allocator_api2) so a program can name the
+//! `percid::alloc::allocator_api2` so a program can name the
 //! same version (`cargo add allocator-api2` picks a newer, incompatible one).
 
 use crate::cid::list::{self, first as chain_node, len as chain_len, pack};
