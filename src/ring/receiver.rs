@@ -374,9 +374,9 @@ impl<T> Receiver<T> {
     /// It spins briefly when the rings are empty (a few hundred pauses, then up to
     /// [`Builder::poll_yield`](super::Builder::poll_yield), 20 µs, of yielding the
     /// thread), then registers the waker and returns `Pending`: it never wakes its
-    /// own task,
-    /// so an executor polls it again only once a sender woke it (unless the builder
-    /// opted in to [`Builder::async_idle_yield`](super::Builder::async_idle_yield)).
+    /// own task, so an executor polls it again only once a sender woke it (unless
+    /// the builder opted in to
+    /// [`Builder::async_idle_yield`](super::Builder::async_idle_yield)).
     ///
     /// # Errors
     /// `Ready(Err(RecvError))` once the channel is closed (or every sender gone)
