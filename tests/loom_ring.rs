@@ -1,9 +1,11 @@
-//! loom models of `percid::ring`'s wake-up and disconnection protocols on the
-//! simulated backend (and the portable one, for a thread moved there).
+//! loom models of `percid::ring`'s wake-up, disconnection, close and spill
+//! protocols on the simulated backend (and the portable one, for a thread moved
+//! there).
 //!
 //! Run with
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --target-dir target/loom --test loom_ring`
-//! (about 35 s; the wrap-around model bounds itself at 1 preemption).
+//! (about two minutes, nearly all of it the wrap-around model, which bounds itself
+//! at 1 preemption; the close and spill models take a second together).
 //! Every model builds its channel on a fresh, leaked arena of 2 cids and 2 lanes,
 //! with values that count their drops (a plain counter per model run, read after
 //! every thread was joined). A lost wake-up shows as a deadlock, which loom reports:
@@ -21,6 +23,27 @@
 //!   simulated cids, 3 values and 1: every value comes out once, FIFO per ring.
 //! * `blocked_sender_is_woken_by_the_consumer` (and its portable twin): a ring of 1
 //!   slot, the second send blocks until the consumer takes the first and publishes.
+//!
+//! The close and spill protocols (with `tests/loom_ring_close.rs`, which races
+//! `close` against a ring send and a permit taken on an empty ring):
+//!
+//! * `spill_hand_over_keeps_one_threads_order`: an unbounded channel with a ring of
+//!   1 slot; one producer sends three values while a blocking `recv` takes them, so
+//!   the channel goes from the ring to the spill queue and back (the receiver clears
+//!   the spilling state while the producer's next send reads it): every value once,
+//!   in the producer's order, and the spilled sends wake the sleeping receiver.
+//! * `close_against_a_spilling_send`: the second send of an unbounded channel goes
+//!   through the spill path while the receiver closes: each send either fails with
+//!   its value back or its value is received before the end is reported, in order
+//!   (and its portable twin, whose sends take the lane's lock).
+//! * `receiver_drop_against_a_spilling_send`: the same against the receiver's drop:
+//!   each value is handed back or dropped by the channel, exactly once, and once a
+//!   send failed the next one fails too.
+//! * `permit_sent_after_close_on_a_full_ring`: a permit taken on an empty ring of 1
+//!   slot, the ring filled by a `try_send`, with `close` racing all three: a permit
+//!   granted is always delivered (through the spill queue when the ring is full or
+//!   the gate closed), after the ring's value; a refused permit or send sends
+//!   nothing.
 #![cfg(loom)]
 
 use loom::thread;
@@ -52,6 +75,34 @@ fn channel(capacity: usize) -> (Sender<Counted>, Receiver<Counted>, &'static Ato
         .build()
         .expect("channel");
     (tx, rx, drops)
+}
+
+/// A channel as [`channel`], unbounded when `unbounded`.
+fn channel_with(
+    capacity: usize,
+    unbounded: bool,
+) -> (Sender<Counted>, Receiver<Counted>, &'static AtomicUsize) {
+    let arena: &'static Arena = Box::leak(Box::new(Arena::with_capacity(2, 2)));
+    let drops: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
+    let (tx, rx) = Builder::new()
+        .capacity_per_cid(capacity)
+        .unbounded(unbounded)
+        .arena(arena)
+        .build()
+        .expect("channel");
+    (tx, rx, drops)
+}
+
+/// Takes every value until the receiver reports the end (closed or disconnected).
+fn drain_until_the_end(rx: &mut Receiver<Counted>) -> Vec<u64> {
+    let mut got = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(c) => got.push(c.v),
+            Err(TryRecvError::Disconnected) => return got,
+            Err(TryRecvError::Empty) => thread::yield_now(),
+        }
+    }
 }
 
 fn value(v: u64, drops: &'static AtomicUsize) -> Counted {
@@ -234,4 +285,155 @@ fn blocked_sender_is_woken_by_the_consumer() {
 #[test]
 fn blocked_portable_sender_is_woken_by_the_consumer() {
     blocked_sender_is_woken(None);
+}
+
+/// The spill hand-over: a ring of 1 slot, three sends, a blocking receiver. The
+/// sends go to the ring, to the spill queue once it is full, and back to the ring
+/// once the receiver caught up (it clears the spilling state under the spill lock
+/// while the producer's section may read it); each spilled send must wake the
+/// receiver, and the one producer's values come out in its order.
+#[test]
+fn spill_hand_over_keeps_one_threads_order() {
+    loom::model(|| {
+        let (tx, mut rx, drops) = channel_with(1, true);
+        let producer = thread::spawn(move || {
+            place(Some(0));
+            for k in 0..3 {
+                tx.send(value(k, drops)).expect("receiver alive");
+            }
+        });
+        place(Some(1));
+        let mut got = Vec::new();
+        while let Ok(c) = rx.recv() {
+            got.push(c.v);
+        }
+        producer.join().unwrap();
+        assert_eq!(
+            got,
+            [0, 1, 2],
+            "one thread's values lost, twice or out of order"
+        );
+        drop(rx);
+        assert_eq!(drops.load(Ordering::Relaxed), 3);
+    });
+}
+
+/// `close` against a send on the spill path: each send fails with its value back,
+/// or its value is received before the receiver reports the end.
+fn close_against_a_spilling_send_on(cid: Option<u32>) {
+    loom::model(move || {
+        let (tx, mut rx, drops) = channel_with(1, true);
+        // The end must come from `close`, not from the senders leaving.
+        let keep = tx.clone();
+        let producer = thread::spawn(move || {
+            place(cid);
+            // The first fills the ring of 1 slot, the second spills.
+            let mut sent = Vec::new();
+            for k in 0..2 {
+                match tx.send(value(k, drops)) {
+                    Ok(()) => sent.push(k),
+                    Err(SendError(c)) => assert_eq!(c.v, k, "another value back"),
+                }
+            }
+            sent
+        });
+        place(Some(1));
+        rx.close();
+        let got = drain_until_the_end(&mut rx);
+        let sent = producer.join().unwrap();
+        assert_eq!(got, sent, "received {got:?}, sent {sent:?}");
+        assert!(keep.is_closed());
+        drop((keep, rx));
+        assert_eq!(drops.load(Ordering::Relaxed), 2, "dropped exactly once");
+    });
+}
+
+#[test]
+fn close_against_a_spilling_send() {
+    close_against_a_spilling_send_on(Some(0));
+}
+
+#[test]
+fn close_against_a_spilling_portable_send() {
+    close_against_a_spilling_send_on(None);
+}
+
+/// The receiver's drop against a send on the spill path: every value is handed back
+/// or dropped with the channel, exactly once; a send after a failed one fails.
+#[test]
+fn receiver_drop_against_a_spilling_send() {
+    loom::model(|| {
+        let (tx, rx, drops) = channel_with(1, true);
+        let producer = thread::spawn(move || {
+            place(Some(0));
+            let results: Vec<bool> = (0..2)
+                .map(|k| match tx.send(value(k, drops)) {
+                    Ok(()) => true,
+                    Err(SendError(c)) => {
+                        assert_eq!(c.v, k, "another value back");
+                        false
+                    }
+                })
+                .collect();
+            results
+        });
+        drop(rx);
+        let results = producer.join().unwrap();
+        assert!(
+            results.windows(2).all(|w| w[0] || !w[1]),
+            "a send succeeded after one failed: {results:?}"
+        );
+        // The producer's sender was the last end: the channel is gone too.
+        assert_eq!(
+            drops.load(Ordering::Relaxed),
+            2,
+            "values not dropped exactly once: {results:?}"
+        );
+    });
+}
+
+/// A permit taken on an empty ring of 1 slot; the producer fills the ring with a
+/// `try_send`, then sends with the permit, all while the receiver closes: a granted
+/// permit's value goes to the spill queue (the ring is full, or the gate closed)
+/// and is always delivered, after the ring's value; the `try_send` either succeeded
+/// (its value received) or failed with its value back. (The permit may be refused
+/// while the `try_send` still gets in: `close` marks the permits closed before it
+/// shuts the gate; the value is then received like any send before `close`.)
+#[test]
+fn permit_sent_after_close_on_a_full_ring() {
+    loom::model(|| {
+        let (tx, mut rx, drops) = channel_with(1, false);
+        let keep = tx.clone();
+        let producer = thread::spawn(move || {
+            place(Some(0));
+            let permit = match tx.try_reserve() {
+                Ok(permit) => Some(permit),
+                Err(e) => {
+                    assert!(e.is_disconnected(), "an empty ring refused a permit");
+                    None
+                }
+            };
+            let mut sent = Vec::new();
+            match tx.try_send(value(0, drops)) {
+                Ok(()) => sent.push(0),
+                Err(e) => {
+                    assert!(e.is_disconnected(), "a ring of 1 slot full before a send");
+                    assert_eq!(e.into_inner().v, 0);
+                }
+            }
+            if let Some(permit) = permit {
+                permit.send(value(1, drops));
+                sent.push(1);
+            }
+            sent
+        });
+        place(Some(1));
+        rx.close();
+        let got = drain_until_the_end(&mut rx);
+        let sent = producer.join().unwrap();
+        assert_eq!(got, sent, "received {got:?}, sent {sent:?}");
+        drop((keep, rx));
+        let made = 1 + usize::from(sent.contains(&1));
+        assert_eq!(drops.load(Ordering::Relaxed), made, "dropped exactly once");
+    });
 }

@@ -14,13 +14,26 @@
 //!   it back (`Disconnected`), by the receiver's drop or by the channel's;
 //! * values handed back by a failed send were never received.
 //!
+//! Unbounded channels and permits may route a value through the channel's spill
+//! queue (`try_recv_traced` says `None`): it is one more FIFO source, and each
+//! producer's values that went through it come out in sequence order too (the spill
+//! queue keeps each thread's values in order). Runs that close the receiver while
+//! producers send check the close race exactly: every send that succeeded was
+//! received before `recv` reported the end, every send that failed gave its value
+//! back, and nothing else.
+//!
 //! Variants: a tracing spin consumer over blocking and non-blocking sends (`fifo`),
 //! blocking `send`/`recv` on rings of 2 and 4 slots (the full-ring sleep/wake path),
 //! `send_many` batches (sizes 1 to 40: across `BATCH`) with a `recv_many` consumer,
 //! an async consumer and async producers (a small `block_on` whose waker unparks the
 //! thread), NUMA mode on an injected 2-node layout, the receiver dropped while
-//! producers still send, and the channel dropped full. The `#[ignore]`d `long_*`
-//! tests (scripts/soak) run more values.
+//! producers still send, and the channel dropped full; unbounded channels whose
+//! receiver pauses until values spill, then catches up (`unbounded_spill`, and with a
+//! `recv_many` consumer `unbounded_many`), and unbounded rings of the default size,
+//! whose pages the receiver gives back while producers send (`unbounded_trim`); `close()` racing senders on bounded and
+//! unbounded channels and permit holders (`close_racing_*`); permits (`reserve`,
+//! `try_reserve`, owned, some dropped unused) under the storm (`permits`). The
+//! `#[ignore]`d `long_*` tests (scripts/soak) run more values.
 
 #[macro_use]
 mod common;
@@ -32,7 +45,7 @@ use percid::testing::inject_node;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
@@ -110,8 +123,14 @@ struct Books {
     ops: Vec<u64>,
     seen: Vec<bool>,
     received: u64,
-    last: HashMap<(Shard, u32), u32>,
-    shards: HashMap<Shard, u64>,
+    /// Keyed by source: a shard's ring, or `None` for the spill queue.
+    last: HashMap<(Option<Shard>, u32), u32>,
+    shards: HashMap<Option<Shard>, u64>,
+    /// Pauses of the `Pausing` consumer that saw the spill queue in use.
+    spilled_pauses: u64,
+    /// Values taken from a ring after a value from the spill queue: the channel
+    /// went back to its rings once the receiver caught up.
+    ring_after_spill: u64,
 }
 
 impl Books {
@@ -130,6 +149,8 @@ impl Books {
             received: 0,
             last: HashMap::new(),
             shards: HashMap::new(),
+            spilled_pauses: 0,
+            ring_after_spill: 0,
         }
     }
 
@@ -155,20 +176,29 @@ impl Books {
         self.received += 1;
     }
 
-    /// A value received from `shard`'s ring: never before, and after every earlier
-    /// value of its producer that came out of that ring.
-    fn take_traced(&mut self, m: Msg, shard: Shard) {
+    /// A value received from `shard`'s ring (`None`: the spill queue): never
+    /// before, and after every earlier value of its producer that came out of that
+    /// ring (or of the spill queue).
+    fn take_traced(&mut self, m: Msg, shard: Option<Shard>) {
         if let Some(&last) = self.last.get(&(shard, m.producer)) {
             assert!(
                 m.seq > last,
-                "ring {shard:?} gave producer {}'s seq {} after seq {last}: not FIFO",
+                "source {shard:?} gave producer {}'s seq {} after seq {last}: not FIFO",
                 m.producer,
                 m.seq
             );
         }
         self.last.insert((shard, m.producer), m.seq);
+        if shard.is_some() && self.spilled() > 0 {
+            self.ring_after_spill += 1;
+        }
         *self.shards.entry(shard).or_default() += 1;
         self.take(m);
+    }
+
+    /// Values that came through the spill queue.
+    fn spilled(&self) -> u64 {
+        self.shards.get(&None).copied().unwrap_or(0)
     }
 
     fn was_received(&self, producer: u32, seq: u32) -> bool {
@@ -197,6 +227,13 @@ enum Consumer {
     DropsEarly,
     /// Takes nothing: the rings fill up and the channel is dropped holding values.
     Idle,
+    /// Traced; at 0, 1/4, 1/2 and 3/4 of the values it stops taking until the
+    /// spill queue holds a sixteenth of the values (more than the rings can hold
+    /// is queued) or the senders are gone, then catches up.
+    Pausing,
+    /// Traced; closes the receiver after a quarter of the values, then takes what
+    /// is left until the end is reported.
+    ClosesMidway,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -209,6 +246,13 @@ enum Produce {
     Async,
     /// `try_send` until the first `Full`, then stop (the `Idle` consumer).
     UntilFull,
+    /// An unbounded channel: `send`, `try_send` (never `Full`) and `send_many`
+    /// batches of 1 to 8.
+    Unbounded,
+    /// Permits: `try_reserve` (yielding on `Full`), `reserve` under `block_on`, and
+    /// owned permits; every fifth value first takes a permit and gives it back
+    /// unused.
+    Permits,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -218,10 +262,14 @@ struct Run {
     produce: Produce,
     /// Nodes of an injected NUMA layout (0: plain mode).
     nodes: u32,
+    /// An unbounded channel (its rings spill).
+    unbounded: bool,
 }
 
 fn channel(run: &Run) -> (Sender<Msg>, Receiver<Msg>) {
-    let mut builder = Builder::new().capacity_per_cid(run.capacity);
+    let mut builder = Builder::new()
+        .capacity_per_cid(run.capacity)
+        .unbounded(run.unbounded);
     if run.nodes > 0 {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get() as u32);
         let arena: &'static Arena =
@@ -240,14 +288,41 @@ struct Sent {
     full: AtomicU64,
 }
 
-fn consume(rx: Receiver<Msg>, run: Run, mut books: Books, gone: &AtomicBool) -> Books {
+/// How the `Pausing` consumer holds the producers while it catches up, so that it
+/// does catch up (a saturated spill queue never empties): it sets `on`, waits until
+/// every producer holds or is done, drains the channel, then lets them go.
+#[derive(Default)]
+struct Quiet {
+    on: AtomicBool,
+    holding: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+impl Quiet {
+    /// A producer's check before each value.
+    fn hold(&self) {
+        if self.on.load(Ordering::Acquire) {
+            self.holding.fetch_add(1, Ordering::AcqRel);
+            while self.on.load(Ordering::Acquire) {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+            self.holding.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn consume(
+    rx: Receiver<Msg>,
+    run: Run,
+    mut books: Books,
+    gone: &AtomicBool,
+    quiet: &Quiet,
+) -> Books {
     let mut rx = rx;
     match run.consumer {
         Consumer::Traced => loop {
             match rx.try_recv_traced() {
-                Ok((m, shard)) => {
-                    books.take_traced(m, shard.expect("a bounded channel does not spill"))
-                }
+                Ok((m, shard)) => books.take_traced(m, shard),
                 Err(TryRecvError::Empty) => std::thread::yield_now(),
                 Err(TryRecvError::Disconnected) => break,
             }
@@ -280,9 +355,7 @@ fn consume(rx: Receiver<Msg>, run: Run, mut books: Books, gone: &AtomicBool) -> 
             let stop = books.total() / 2;
             while books.received < stop {
                 match rx.try_recv_traced() {
-                    Ok((m, shard)) => {
-                        books.take_traced(m, shard.expect("a bounded channel does not spill"))
-                    }
+                    Ok((m, shard)) => books.take_traced(m, shard),
                     Err(TryRecvError::Empty) => std::thread::yield_now(),
                     Err(TryRecvError::Disconnected) => break,
                 }
@@ -298,12 +371,85 @@ fn consume(rx: Receiver<Msg>, run: Run, mut books: Books, gone: &AtomicBool) -> 
             }
             return books;
         }
+        Consumer::Pausing => {
+            let total = books.total();
+            let mut next_pause = 0;
+            loop {
+                if books.received >= next_pause && next_pause < total {
+                    next_pause += (total / 4).max(1);
+                    // Wait until the rings cannot hold what is queued by far: the
+                    // spill queue grew (`rings` first: `len` counts the rings the
+                    // receiver knows).
+                    loop {
+                        let rings = rx.rings();
+                        let grown = rings * rx.capacity_per_cid() + (total / 16) as usize;
+                        if rx.len() > grown {
+                            books.spilled_pauses += 1;
+                            break;
+                        }
+                        if rx.is_disconnected() {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    // Catch up with the producers held: an empty look then finds
+                    // the spill queue empty and sends go back to the rings.
+                    quiet.on.store(true, Ordering::Release);
+                    let producers = books.ops.len();
+                    while quiet.holding.load(Ordering::Acquire)
+                        + quiet.finished.load(Ordering::Acquire)
+                        < producers
+                    {
+                        std::thread::yield_now();
+                    }
+                    while let Ok((m, shard)) = rx.try_recv_traced() {
+                        books.take_traced(m, shard);
+                    }
+                    quiet.on.store(false, Ordering::Release);
+                }
+                match rx.try_recv_traced() {
+                    Ok((m, shard)) => books.take_traced(m, shard),
+                    Err(TryRecvError::Empty) => std::thread::yield_now(),
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            }
+        }
+        Consumer::ClosesMidway => {
+            let close_at = books.total() / 4;
+            let mut closed = false;
+            loop {
+                if !closed && books.received >= close_at {
+                    rx.close();
+                    assert!(rx.is_closed());
+                    closed = true;
+                }
+                match rx.try_recv_traced() {
+                    Ok((m, shard)) => books.take_traced(m, shard),
+                    Err(TryRecvError::Empty) => std::thread::yield_now(),
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            }
+            // The end is final: the receiver stays alive (holding nothing) while
+            // the producers go on failing, and nothing more arrives.
+            while !rx.is_disconnected() {
+                assert!(rx.try_recv().is_err(), "a value after the end was reported");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
     }
     assert!(rx.try_recv().is_err(), "a value after the end");
     books
 }
 
-fn produce(tx: &Sender<Msg>, run: Run, i: usize, ops: u64, stats: &'static Stats, sent: &Sent) {
+fn produce(
+    tx: &Sender<Msg>,
+    run: Run,
+    i: usize,
+    ops: u64,
+    stats: &'static Stats,
+    sent: &Sent,
+    quiet: &Quiet,
+) {
     let tx = tx.clone();
     let mut node = i as u32 % run.nodes.max(1);
     if run.nodes > 0 {
@@ -320,6 +466,9 @@ fn produce(tx: &Sender<Msg>, run: Run, i: usize, ops: u64, stats: &'static Stats
     let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ ((i as u64 + 1) << 20);
     while seq < ops {
         tick();
+        if run.consumer == Consumer::Pausing {
+            quiet.hold();
+        }
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
@@ -394,6 +543,91 @@ fn produce(tx: &Sender<Msg>, run: Run, i: usize, ops: u64, stats: &'static Stats
                 }
                 seq += k;
             }
+            Produce::Unbounded => match rng % 3 {
+                0 => {
+                    match tx.send(Msg::new(i, seq, stats)) {
+                        Ok(()) => ok += 1,
+                        Err(SendError(back)) => give_back(back, &mut returned),
+                    }
+                    seq += 1;
+                }
+                1 => {
+                    match tx.try_send(Msg::new(i, seq, stats)) {
+                        Ok(()) => ok += 1,
+                        Err(TrySendError::Full(_)) => {
+                            panic!("try_send on an unbounded channel said Full")
+                        }
+                        Err(TrySendError::Disconnected(back)) => give_back(back, &mut returned),
+                    }
+                    seq += 1;
+                }
+                _ => {
+                    let k = (rng / 3 % 8 + 1).min(ops - seq);
+                    let batch: Vec<Msg> = (seq..seq + k).map(|s| Msg::new(i, s, stats)).collect();
+                    match tx.send_many(batch) {
+                        Ok(()) => ok += k,
+                        Err(SendError(back)) => {
+                            let n = back.len() as u64;
+                            assert!(n <= k, "send_many gave back more than it was given");
+                            ok += k - n;
+                            for m in back {
+                                give_back(m, &mut returned);
+                            }
+                        }
+                    }
+                    seq += k;
+                }
+            },
+            Produce::Permits => {
+                let m = Msg::new(i, seq, stats);
+                seq += 1;
+                if seq.is_multiple_of(5) {
+                    // A permit taken and given back unused.
+                    match rng % 3 {
+                        0 => drop(tx.try_reserve()),
+                        1 => drop(block_on(tx.reserve())),
+                        _ => {
+                            if let Ok(p) = block_on(tx.clone().reserve_owned()) {
+                                drop(p.release());
+                            }
+                        }
+                    }
+                }
+                match rng / 3 % 3 {
+                    0 => loop {
+                        match tx.try_reserve() {
+                            Ok(permit) => {
+                                permit.send(m);
+                                ok += 1;
+                                break;
+                            }
+                            Err(TrySendError::Full(())) => {
+                                full += 1;
+                                std::thread::yield_now();
+                            }
+                            Err(TrySendError::Disconnected(())) => {
+                                give_back(m, &mut returned);
+                                break;
+                            }
+                        }
+                    },
+                    1 => match block_on(tx.reserve()) {
+                        Ok(permit) => {
+                            permit.send(m);
+                            ok += 1;
+                        }
+                        Err(_) => give_back(m, &mut returned),
+                    },
+                    _ => match block_on(tx.clone().reserve_owned()) {
+                        Ok(permit) => {
+                            let back = permit.send(m);
+                            assert!(back.same_channel(&tx));
+                            ok += 1;
+                        }
+                        Err(_) => give_back(m, &mut returned),
+                    },
+                }
+            }
             Produce::UntilFull => {
                 match tx.try_send(Msg::new(i, seq, stats)) {
                     Ok(()) => ok += 1,
@@ -412,6 +646,7 @@ fn produce(tx: &Sender<Msg>, run: Run, i: usize, ops: u64, stats: &'static Stats
     if run.nodes > 0 {
         inject_node(None);
     }
+    quiet.finished.fetch_add(1, Ordering::AcqRel);
     sent.ok.fetch_add(ok, Ordering::Relaxed);
     sent.full.fetch_add(full, Ordering::Relaxed);
     sent.returned.lock().unwrap().extend(returned);
@@ -424,6 +659,7 @@ fn torture(t: Torture, run: Run) {
     let stats: &'static Stats = Box::leak(Box::default());
     let sent = Sent::default();
     let gone = AtomicBool::new(false);
+    let quiet = Quiet::default();
     let (tx, rx) = channel(&run);
     let capacity = tx.capacity_per_cid();
     assert_eq!(capacity, run.capacity.next_power_of_two());
@@ -434,11 +670,11 @@ fn torture(t: Torture, run: Run) {
         let consumer = std::thread::Builder::new()
             .name("ring-consumer".into())
             .spawn_scoped(s, {
-                let gone = &gone;
-                move || consume(rx, run, books, gone)
+                let (gone, quiet) = (&gone, &quiet);
+                move || consume(rx, run, books, gone, quiet)
             })
             .expect("spawn the consumer");
-        t.run(|i, ops| produce(&tx, run, i, ops, stats, &sent));
+        t.run(|i, ops| produce(&tx, run, i, ops, stats, &sent, &quiet));
         drop(tx);
         consumer
             .join()
@@ -452,9 +688,13 @@ fn torture(t: Torture, run: Run) {
     let ok = sent.ok.load(Ordering::Relaxed);
     let returned = sent.returned.into_inner().unwrap();
     eprintln!(
-        "ring {t:?} {run:?}: {made} made, {ok} sent, {} received, {} returned, {} Full, \
-         rings {:?}, {:?}",
+        "ring {t:?} {run:?}: {made} made, {ok} sent, {} received ({} from the spill queue, \
+         {} pauses saw it grown, {} from a ring after it), {} returned, {} Full, rings {:?}, \
+         {:?}",
         books.received,
+        books.spilled(),
+        books.spilled_pauses,
+        books.ring_after_spill,
         returned.len(),
         sent.full.load(Ordering::Relaxed),
         books.shards,
@@ -481,15 +721,45 @@ fn torture(t: Torture, run: Run) {
             assert_eq!(books.received, 0);
             assert!(returned.is_empty() || sent.full.load(Ordering::Relaxed) > 0);
         }
+        Consumer::ClosesMidway => {
+            // The close race, exactly: a send that succeeded was received before
+            // the end was reported; one that failed gave its value back.
+            assert_eq!(
+                books.received, ok,
+                "sends succeeded whose values were never received: a send published \
+                 after close()"
+            );
+            assert!(books.received >= total / 4);
+        }
         _ => {
             assert!(returned.is_empty(), "a send failed with the receiver alive");
             assert_eq!(ok, total, "producers did not send everything");
             assert_eq!(books.received, total, "values lost");
         }
     }
+    if run.consumer == Consumer::Pausing {
+        assert!(
+            books.ring_after_spill > 0,
+            "the channel never went back to its rings after spilling"
+        );
+        assert!(
+            books.spilled_pauses > 0 && books.spilled() > 0,
+            "the receiver paused, yet nothing went through the spill queue \
+             ({} pauses saw it in use, {} values came from it)",
+            books.spilled_pauses,
+            books.spilled()
+        );
+    }
+    if !run.unbounded && run.produce != Produce::Permits {
+        assert_eq!(
+            books.spilled(),
+            0,
+            "a bounded channel spilled without permits"
+        );
+    }
     if run.nodes > 0 {
         for shard in books.shards.keys() {
-            if let Shard::NodeCid { node, .. } = shard {
+            if let Some(Shard::NodeCid { node, .. }) = shard {
                 assert!(*node < run.nodes, "a ring outside the layout: {shard:?}");
             }
         }
@@ -512,6 +782,15 @@ fn run(capacity: usize, consumer: Consumer, produce: Produce) -> Run {
         consumer,
         produce,
         nodes: 0,
+        unbounded: false,
+    }
+}
+
+/// An unbounded channel's run.
+fn unbounded(capacity: usize, consumer: Consumer) -> Run {
+    Run {
+        unbounded: true,
+        ..run(capacity, consumer, Produce::Unbounded)
     }
 }
 
@@ -555,6 +834,40 @@ torture_variants! {
     dropped_full => |t| super::torture(
         sized(t, 16, 10_000),
         run(16, Consumer::Idle, Produce::UntilFull),
+    );
+    unbounded_spill => |t| super::torture(
+        sized(t, 64, 200_000),
+        unbounded(16, Consumer::Pausing),
+    );
+    unbounded_many => |t| super::torture(
+        sized(t, 32, 200_000),
+        unbounded(4, Consumer::Many),
+    );
+    // Rings of the default unbounded size (reserved, trimmed once the receiver
+    // caught up after 2 MiB of slots): trims race the senders.
+    unbounded_trim => |t| super::torture(
+        sized(t, 32, 1_000_000),
+        unbounded(percid::ring::UNBOUNDED_CAPACITY, Consumer::Traced),
+    );
+    close_racing_senders => |t| super::torture(
+        sized(t, 32, 100_000),
+        run(8, Consumer::ClosesMidway, Produce::Mixed),
+    );
+    close_racing_batches => |t| super::torture(
+        sized(t, 16, 100_000),
+        run(4, Consumer::ClosesMidway, Produce::Batches),
+    );
+    close_racing_unbounded => |t| super::torture(
+        sized(t, 16, 100_000),
+        unbounded(8, Consumer::ClosesMidway),
+    );
+    close_racing_permits => |t| super::torture(
+        sized(t, 16, 50_000),
+        run(4, Consumer::ClosesMidway, Produce::Permits),
+    );
+    permits => |t| super::torture(
+        sized(t, 32, 100_000),
+        run(4, Consumer::Traced, Produce::Permits),
     );
 }
 

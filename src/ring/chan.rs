@@ -118,6 +118,9 @@ pub(super) struct Chan<T> {
     pub(super) permits: AtomicU64,
     /// Values that found their ring full (unbounded channels, permits), in order.
     pub(super) spill: Padded<Mutex<VecDeque<T>>>,
+    /// Spilled values the receiver took out of `spill` and has not handed out yet
+    /// (written by the receiver only; for `len`).
+    pub(super) spill_held: AtomicU64,
     /// Tasks waiting in `Sender::closed`, by registration id.
     pub(super) closers: Mutex<Vec<(u64, Waker)>>,
     pub(super) rx: Padded<RxSignal>,
@@ -176,6 +179,7 @@ impl<T> Chan<T> {
             weak: AtomicU64::new(0),
             permits: AtomicU64::new(0),
             spill: Padded(Mutex::new(VecDeque::new())),
+            spill_held: AtomicU64::new(0),
             closers: Mutex::new(Vec::new()),
             rx: Padded(RxSignal::new()),
             tx: Padded(TxSignal::new()),
@@ -292,7 +296,10 @@ impl<T> Chan<T> {
                 n = n.saturating_add(used.min(self.capacity));
             }
         }
-        (n as usize).saturating_add(lock(&self.spill.0).len())
+        let held = self.spill_held.load(Ordering::Relaxed) as usize;
+        (n as usize)
+            .saturating_add(lock(&self.spill.0).len())
+            .saturating_add(held)
     }
 
     /// The most values the rings can hold: `capacity × max_rings`.

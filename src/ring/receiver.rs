@@ -619,10 +619,20 @@ impl<T> Receiver<T> {
     /// move while it adds up), exact on a quiescent channel.
     pub fn len(&self) -> usize {
         let mut n = self.spilled.len();
-        for r in &self.rings {
-            // SAFETY: words of the channel's run (see `Send`).
-            let tail = unsafe { &*r.tail }.load(Ordering::Acquire);
-            n = n.saturating_add(tail.wrapping_sub(r.next).min(self.chan.capacity) as usize);
+        let heads = self.chan.word(HEAD);
+        for (shard, tail) in self.chan.word(TAIL).shards() {
+            // Rings the receiver visits count from its own position (values it took
+            // and has not returned the slots of are not queued); others from their
+            // head.
+            let from = match self.rings.iter().find(|r| r.shard == shard) {
+                Some(r) => r.next,
+                None => match heads.at(shard) {
+                    Some(head) => head.load(Ordering::Acquire),
+                    None => continue,
+                },
+            };
+            let used = tail.load(Ordering::Acquire).wrapping_sub(from);
+            n = n.saturating_add(used.min(self.chan.capacity) as usize);
         }
         n.saturating_add(lock(&self.chan.spill.0).len())
     }
@@ -682,6 +692,9 @@ impl<T> Receiver<T> {
     #[inline(never)]
     fn next_spilled(&mut self) -> Option<T> {
         if let Some(v) = self.spilled.pop_front() {
+            self.chan
+                .spill_held
+                .store(self.spilled.len() as u64, Ordering::Relaxed);
             return Some(v);
         }
         if self.chan.gate().load(Ordering::Acquire) & GATE_SPILL == 0 {
@@ -700,11 +713,19 @@ impl<T> Receiver<T> {
             return None;
         }
         std::mem::swap(&mut *queue, &mut self.spilled);
+        // Under the lock: `len` never misses the batch between the two places.
+        self.chan
+            .spill_held
+            .store(self.spilled.len() as u64, Ordering::Relaxed);
         drop(queue);
         if let Some((v, _)) = self.next_entry() {
             return Some(v);
         }
-        self.spilled.pop_front()
+        let v = self.spilled.pop_front();
+        self.chan
+            .spill_held
+            .store(self.spilled.len() as u64, Ordering::Relaxed);
+        v
     }
 
     /// The next value of the rings, visiting the current ring for up to [`BURST`]
