@@ -248,9 +248,6 @@ loom_tests() {
     if [ -f tests/loom_ring.rs ]; then
         xrun_limited "${envs[@]}" cargo test ${LOCKED[@]+"${LOCKED[@]}"} --release --test loom_ring || rc=1
     fi
-    if [ -f tests/loom_ring_close.rs ]; then
-        xrun_limited "${envs[@]}" cargo test ${LOCKED[@]+"${LOCKED[@]}"} --release --test loom_ring_close || rc=1
-    fi
     xrun_limited "${envs[@]}" cargo test ${LOCKED[@]+"${LOCKED[@]}"} --release --lib loom || rc=1
     return "$rc"
 }

@@ -24,9 +24,20 @@
 //! * `blocked_sender_is_woken_by_the_consumer` (and its portable twin): a ring of 1
 //!   slot, the second send blocks until the consumer takes the first and publishes.
 //!
-//! The close and spill protocols (with `tests/loom_ring_close.rs`, which races
-//! `close` against a ring send and a permit taken on an empty ring):
+//! The channel's gate, read inside every send section: `close` and the unbounded
+//! spill.
 //!
+//! * `close_against_a_send_on_a_cid` (and its portable twin): a send racing `close`
+//!   either fails with its value back, or its value is received before the receiver
+//!   reports the channel closed; never both, never neither. (It found `quiesce`
+//!   missing a shard materialised while it scanned the materialised ones.)
+//! * `permit_taken_before_close_delivers`: a permit taken before `close` sends after
+//!   it, and the receiver waits for it; a refused permit sends nothing. (It found the
+//!   permit count and the closed mark, two SeqCst words, unordered under loom: they
+//!   share one word now.)
+//! * `spill_keeps_each_threads_order`: an unbounded channel with rings of 1 slot,
+//!   two producers on one cid sending two values each: every value once, each
+//!   producer's in order.
 //! * `spill_hand_over_keeps_one_threads_order`: an unbounded channel with a ring of
 //!   1 slot; one producer sends three values while a blocking `recv` takes them, so
 //!   the channel goes from the ring to the spill queue and back (the receiver clears
@@ -48,7 +59,7 @@
 
 use loom::thread;
 use percid::cid::Arena;
-use percid::ring::{Builder, Receiver, RecvError, SendError, Sender, TryRecvError};
+use percid::ring::{Builder, Receiver, RecvError, SendError, Sender, TryRecvError, TrySendError};
 use percid::testing::place;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -67,14 +78,7 @@ impl Drop for Counted {
 
 /// A channel of `capacity` slots per ring on a fresh arena, and a fresh drop counter.
 fn channel(capacity: usize) -> (Sender<Counted>, Receiver<Counted>, &'static AtomicUsize) {
-    let arena: &'static Arena = Box::leak(Box::new(Arena::with_capacity(2, 2)));
-    let drops: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
-    let (tx, rx) = Builder::new()
-        .capacity_per_cid(capacity)
-        .arena(arena)
-        .build()
-        .expect("channel");
-    (tx, rx, drops)
+    channel_with(capacity, false)
 }
 
 /// A channel as [`channel`], unbounded when `unbounded`.
@@ -435,5 +439,121 @@ fn permit_sent_after_close_on_a_full_ring() {
         drop((keep, rx));
         let made = 1 + usize::from(sent.contains(&1));
         assert_eq!(drops.load(Ordering::Relaxed), made, "dropped exactly once");
+    });
+}
+
+fn close_against_a_send(cid: Option<u32>) {
+    loom::model(move || {
+        let (tx, mut rx, drops) = channel(2);
+        // A sender stays alive: the receiver must end because of `close`, not
+        // because every sender left.
+        let keep = tx.clone();
+        let producer = thread::spawn(move || {
+            place(cid);
+            match tx.try_send(value(5, drops)) {
+                Ok(()) => true,
+                Err(TrySendError::Disconnected(c)) => {
+                    assert_eq!(c.v, 5);
+                    false
+                }
+                Err(TrySendError::Full(_)) => panic!("a ring of 2 slots full after one send"),
+            }
+        });
+        place(Some(1));
+        rx.close();
+        let got = drain_until_the_end(&mut rx);
+        let sent = producer.join().unwrap();
+        assert_eq!(
+            got,
+            if sent { vec![5] } else { vec![] },
+            "sent: {sent}, received: {got:?}"
+        );
+        assert!(keep.is_closed());
+        drop((keep, rx));
+        assert_eq!(drops.load(Ordering::Relaxed), 1, "dropped exactly once");
+    });
+}
+
+#[test]
+fn close_against_a_send_on_a_cid() {
+    close_against_a_send(Some(0));
+}
+
+#[test]
+fn close_against_a_portable_send() {
+    close_against_a_send(None);
+}
+
+#[test]
+fn permit_taken_before_close_delivers() {
+    loom::model(|| {
+        let (tx, mut rx, drops) = channel(2);
+        let keep = tx.clone();
+        let producer = thread::spawn(move || {
+            place(Some(0));
+            match tx.try_reserve() {
+                Ok(permit) => {
+                    permit.send(value(8, drops));
+                    true
+                }
+                Err(TrySendError::Disconnected(())) => false,
+                Err(TrySendError::Full(())) => panic!("an empty ring refused a permit"),
+            }
+        });
+        place(Some(1));
+        rx.close();
+        let got = drain_until_the_end(&mut rx);
+        let permitted = producer.join().unwrap();
+        assert_eq!(
+            got,
+            if permitted { vec![8] } else { vec![] },
+            "permitted: {permitted}, received: {got:?}"
+        );
+        drop((keep, rx));
+        assert_eq!(
+            drops.load(Ordering::Relaxed),
+            usize::from(permitted),
+            "dropped exactly once"
+        );
+    });
+}
+
+#[test]
+fn spill_keeps_each_threads_order() {
+    // Three threads and a lock on the spill path: bound the preemptions at 1.
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(model.preemption_bound.unwrap_or(1).min(1));
+    model.check(|| {
+        let (tx, mut rx, drops) = channel_with(1, true);
+        let producers: Vec<_> = [0u64, 1]
+            .into_iter()
+            .map(|p| {
+                let tx = tx.clone();
+                thread::spawn(move || {
+                    // Both on cid 0: the ring of 1 slot fills and sends spill.
+                    place(Some(0));
+                    for k in 0..2 {
+                        tx.send(value(p * 10 + k, drops)).expect("receiver alive");
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut got = Vec::new();
+        while let Ok(c) = rx.recv() {
+            got.push(c.v);
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
+        let mut all = got.clone();
+        all.sort_unstable();
+        assert_eq!(all, [0, 1, 10, 11], "values lost or duplicated: {got:?}");
+        for p in [0, 1] {
+            let mine: Vec<u64> = got.iter().copied().filter(|v| v / 10 == p).collect();
+            assert!(mine.is_sorted(), "producer {p} overtaken: {got:?}");
+        }
+        drop(rx);
+        assert_eq!(drops.load(Ordering::Relaxed), 4);
     });
 }
