@@ -148,7 +148,7 @@ fn large_and_aligned_requests_work() {
 #[test]
 fn allocator_api2_collections_use_it() {
     use allocator_api2::vec::Vec as AVec;
-    let a = PerCidAlloc::new();
+    let a = PerCidAlloc::with_poisoning(); // the heap's mode (see `default_is_new`)
     let mut v: AVec<u64, &PerCidAlloc> = AVec::new_in(&a);
     for i in 0..10_000 {
         v.push(i);

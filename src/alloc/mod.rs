@@ -240,7 +240,13 @@ static HEAP: Heap = Heap {
 /// processes.
 /// The lane locks of the cache heads' chunk (threads without rseq push and pop under
 /// them) are taken too.
-extern "C" fn before_fork() {
+///
+/// Called from the crate's `fork()` handlers (`cid/fork.rs`), after the arenas are
+/// locked; returns whether it took the locks (the heap is set up).
+pub(crate) fn fork_prepare() -> bool {
+    if !HEAP.ready() {
+        return false;
+    }
     HEAP.trim.lock();
     for class in &HEAP.classes {
         class.lock();
@@ -248,9 +254,11 @@ extern "C" fn before_fork() {
     for lock in HEAP.head(0).unit_locks() {
         crate::rseq::simulated::lock_word(lock);
     }
+    true
 }
 
-extern "C" fn after_fork() {
+/// Releases what [`fork_prepare`] took, in the parent and the child.
+pub(crate) fn fork_release() {
     for lock in HEAP.head(0).unit_locks() {
         crate::rseq::simulated::unlock_word(lock);
     }
@@ -340,9 +348,8 @@ impl Heap {
         self.bump.store(base, Ordering::Relaxed);
         self.heads
             .store(words as *const Words<'static> as usize, Ordering::Release);
-        // SAFETY: registers two handlers that only take and release the heap's spin
-        // locks (no allocation).
-        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+        // The crate's fork handlers take the heap's locks (after the arenas').
+        crate::cid::fork_protect_heap();
         true
     }
 

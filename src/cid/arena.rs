@@ -506,7 +506,7 @@ struct FreeRun {
     len: usize,
 }
 
-struct State {
+pub(crate) struct State {
     /// Boxed: `Words` refer to chunks, whose addresses must not move as the list grows.
     #[allow(clippy::vec_box)]
     chunks: Vec<Box<Chunk>>,
@@ -766,6 +766,54 @@ impl fmt::Debug for Arena {
             .field("nodes", &self.planes)
             .field("stats", &self.stats())
             .finish()
+    }
+}
+
+impl Arena {
+    /// Takes the arena's allocation lock and every lane's and unit's lock of every
+    /// chunk, for `fork()` (see `fork.rs`): nothing is allocated.
+    #[cfg(not(loom))]
+    pub(crate) fn lock_for_fork(&self) -> crate::sync::MutexGuard<'_, State> {
+        let state = lock(&self.state);
+        for chunk in &state.chunks {
+            for lock in chunk.fork_locks() {
+                crate::rseq::simulated::lock_word(lock);
+            }
+        }
+        state
+    }
+
+    /// Releases what [`Arena::lock_for_fork`] took (in the parent and the child).
+    #[cfg(not(loom))]
+    pub(crate) fn unlock_after_fork(state: crate::sync::MutexGuard<'_, State>) {
+        for chunk in &state.chunks {
+            for lock in chunk.fork_locks() {
+                crate::rseq::simulated::unlock_word(lock);
+            }
+        }
+        drop(state);
+    }
+}
+
+impl Chunk {
+    /// The locks a thread may hold inside a section: every lane's, materialised or
+    /// not (a thread may be about to take the lock of a lane it just materialised),
+    /// and on the simulated backend every index unit's of the reserved planes (its
+    /// commit locks; the rseq backend never takes them, and touching them would
+    /// commit a page per unit).
+    #[cfg(not(loom))]
+    fn fork_locks(&self) -> impl Iterator<Item = &AtomicU64> + '_ {
+        let simulated = matches!(
+            crate::rseq::registration::process().forced,
+            Some((crate::rseq::Backend::Simulated, _))
+        );
+        let lanes = (0..self.lanes).map(move |l| self.lane_unit(l).word(HEADER_LOCK));
+        let cids = (0..self.planes())
+            .filter(move |&p| simulated && self.plane_reserved(p))
+            .flat_map(move |p| {
+                (0..self.cid_capacity).map(move |c| self.cid_unit(p, c).word(HEADER_LOCK))
+            });
+        lanes.chain(cids)
     }
 }
 

@@ -47,6 +47,8 @@
 //! non-atomic commit with an atomic update of the same word.
 
 mod arena;
+mod fork;
+pub(crate) use fork::protect_heap as fork_protect_heap;
 pub(crate) mod list;
 mod ops;
 
@@ -59,14 +61,24 @@ pub(crate) use ops::{HotWord, NodeHotWord, PayloadSite, Pushed, thread_node};
 /// models make their own arenas: loom objects cannot outlive one model run.)
 pub fn global() -> &'static Arena {
     static GLOBAL: std::sync::OnceLock<Arena> = std::sync::OnceLock::new();
-    GLOBAL.get_or_init(Arena::new)
+    if let Some(arena) = GLOBAL.get() {
+        return arena;
+    }
+    let arena = GLOBAL.get_or_init(Arena::new);
+    fork::protect(arena);
+    arena
 }
 
 /// The process-wide NUMA arena ([`Arena::numa`]): one plane per NUMA node, each
 /// bound to its node. The NUMA-aware structures allocate from it.
 pub fn numa_global() -> &'static Arena {
     static GLOBAL: std::sync::OnceLock<Arena> = std::sync::OnceLock::new();
-    GLOBAL.get_or_init(Arena::numa)
+    if let Some(arena) = GLOBAL.get() {
+        return arena;
+    }
+    let arena = GLOBAL.get_or_init(Arena::numa);
+    fork::protect(arena);
+    arena
 }
 
 /// Statistics of the process-wide arena: indexes materialised, bytes per index,

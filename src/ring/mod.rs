@@ -539,11 +539,11 @@ impl std::error::Error for RingError {}
 ///
 /// ```
 /// use percid::ring::{TrySendError, channel};
-/// let (tx, _rx) = channel::<String>(1).unwrap();
-/// tx.try_send("a".into()).unwrap();
+/// let (tx, mut rx) = channel::<String>(1).unwrap();
+/// rx.close();
 /// let err = tx.try_send("b".into()).unwrap_err();
-/// assert!(err.is_full());
-/// assert_eq!(err.into_inner(), "b");
+/// assert!(err.is_disconnected());
+/// assert_eq!(err.into_inner(), "b"); // the value comes back
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum TrySendError<T> {
@@ -630,10 +630,10 @@ impl<T> std::error::Error for SendError<T> {}
 /// ```
 /// use std::time::Duration;
 /// let (tx, rx) = percid::ring::channel::<u32>(1).unwrap();
-/// tx.send(1).unwrap();
-/// assert!(tx.send_timeout(2, Duration::from_millis(1)).unwrap_err().is_timeout());
 /// drop(rx);
-/// assert!(tx.send_timeout(3, Duration::from_millis(1)).unwrap_err().is_disconnected());
+/// let err = tx.send_timeout(3, Duration::from_millis(1)).unwrap_err();
+/// assert!(err.is_disconnected());
+/// assert_eq!(err.into_inner(), 3);
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum SendTimeoutError<T> {

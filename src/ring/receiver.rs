@@ -19,8 +19,7 @@ use std::time::{Duration, Instant};
 
 /// Values taken from one ring before the receiver moves on to the next: bounds how
 /// long a busy ring can keep the others waiting (at most `BURST × rings` values
-/// between two visits of any ring), and how many taken slots the receiver keeps
-/// before returning them to the senders.
+/// between two visits of any ring).
 const BURST: u32 = if cfg!(loom) { 2 } else { 32 };
 
 /// Most pauses a waiting receive makes between two looks at the rings. A receiver
@@ -739,12 +738,7 @@ impl<T> Receiver<T> {
                 if let Some(v) = self.take(i) {
                     let shard = self.rings[i].shard;
                     self.burst += 1;
-                    if self.burst >= BURST {
-                        self.publish(i);
-                        self.advance();
-                    } else if self.chan.tx.0.wants_eager_wake() {
-                        self.wake_eagerly(i);
-                    }
+                    self.taken(i);
                     return Some((v, shard));
                 }
                 self.publish(i);
@@ -826,12 +820,7 @@ impl<T> Receiver<T> {
                 let n = self.take_run(i, out, room);
                 if n > 0 {
                     self.burst += n as u32;
-                    if self.burst >= BURST {
-                        self.publish(i);
-                        self.advance();
-                    } else if self.chan.tx.0.wants_eager_wake() {
-                        self.wake_eagerly(i);
-                    }
+                    self.taken(i);
                     return n;
                 }
                 self.publish(i);
@@ -899,12 +888,27 @@ impl<T> Receiver<T> {
         Some(unsafe { slot.read() })
     }
 
-    /// A sender waits and no wake-up is on its way: return ring `i`'s slots now and
-    /// wake one, so a blocked sender gets a slot as soon as one is free (not only
-    /// once half a ring is), however slowly the values are taken.
-    #[cold]
-    fn wake_eagerly(&mut self, i: usize) {
+    /// After values were taken from ring `i`: their slots go back to the senders at
+    /// once (a value handed out frees its slot, as in any bounded channel: a thread
+    /// that sends and receives in turn on a small ring would otherwise find it full
+    /// of values it already received, and block forever); the visit moves on after a
+    /// burst, and a sender that waits with no wake-up on its way is woken now, not
+    /// once half a ring is free, however slowly the values are taken. Publishing is a
+    /// store to the receiver's own line: senders read it only when their copy of the
+    /// head says the ring is full.
+    #[inline]
+    fn taken(&mut self, i: usize) {
         self.publish(i);
+        if self.burst >= BURST {
+            self.advance();
+        } else if self.chan.tx.0.wants_eager_wake() {
+            self.wake_eagerly();
+        }
+    }
+
+    /// A sender waits and no wake-up is on its way: wake one.
+    #[cold]
+    fn wake_eagerly(&mut self) {
         self.chan.tx.0.notify(1);
     }
 

@@ -138,11 +138,15 @@ impl<T> Sender<T> {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use percid::ring::{SendTimeoutError, channel};
-    /// let (tx, _rx) = channel::<u32>(1).unwrap();
-    /// tx.send(1).unwrap(); // the ring is full now
-    /// let late = tx.send_timeout(2, Duration::from_millis(10));
-    /// assert_eq!(late, Err(SendTimeoutError::Timeout(2)));
+    /// use percid::ring::channel;
+    /// let (tx, mut rx) = channel::<u32>(1).unwrap();
+    /// let consumer = std::thread::spawn(move || rx.iter().count());
+    /// for i in 0..100 {
+    ///     // Waits while this cid's ring (1 slot) is full, up to a second.
+    ///     tx.send_timeout(i, Duration::from_secs(1)).unwrap();
+    /// }
+    /// drop(tx);
+    /// assert_eq!(consumer.join().unwrap(), 100);
     /// ```
     pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
         self.send_until(value, Instant::now().checked_add(timeout))

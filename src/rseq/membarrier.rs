@@ -9,7 +9,7 @@
 
 use super::abi::membarrier as cmd;
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 /// Why the rseq fence is not available.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,17 +48,54 @@ fn membarrier(command: libc::c_int) -> Result<libc::c_long, i32> {
     }
 }
 
-/// Registers the process for the rseq fence, once.
+/// Registration state: not tried yet (or failed transiently), registered, or
+/// refused for good.
+const UNKNOWN: u8 = 0;
+const READY: u8 = 1;
+const UNSUPPORTED: u8 = 2;
+const REFUSED: u8 = 3;
+
+static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
+/// The errno of a refusal (`REFUSED`).
+static REFUSED_ERRNO: AtomicI32 = AtomicI32::new(0);
+
+/// Registers the process for the rseq fence. No lock and no `Once`: callers that
+/// find it not done yet all make the (idempotent) system calls themselves. A
+/// thread that waited on another's registration would hang forever in a child
+/// forked while that other thread was inside it, and the kernel's registration can
+/// take milliseconds (it waits for an RCU grace period). Only a definite answer is
+/// kept: a transient failure (`EINTR`, `EAGAIN`, `ENOMEM`) is tried again next time.
 fn registered() -> Result<(), MembarrierError> {
-    static REGISTERED: OnceLock<Result<(), MembarrierError>> = OnceLock::new();
-    *REGISTERED.get_or_init(|| {
-        let supported = membarrier(cmd::CMD_QUERY).map_err(MembarrierError::Os)?;
+    match STATE.load(Ordering::Acquire) {
+        READY => return Ok(()),
+        UNSUPPORTED => return Err(MembarrierError::Unsupported),
+        REFUSED => return Err(MembarrierError::Os(REFUSED_ERRNO.load(Ordering::Relaxed))),
+        _ => {}
+    }
+    let result = membarrier(cmd::CMD_QUERY).and_then(|supported| {
         if supported & libc::c_long::from(cmd::CMD_PRIVATE_EXPEDITED_RSEQ) == 0 {
-            return Err(MembarrierError::Unsupported);
+            return Ok(false);
         }
-        membarrier(cmd::CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ).map_err(MembarrierError::Os)?;
-        Ok(())
-    })
+        membarrier(cmd::CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ).map(|_| true)
+    });
+    match result {
+        Ok(true) => {
+            STATE.store(READY, Ordering::Release);
+            Ok(())
+        }
+        Ok(false) => {
+            STATE.store(UNSUPPORTED, Ordering::Release);
+            Err(MembarrierError::Unsupported)
+        }
+        Err(errno) if matches!(errno, libc::EINTR | libc::EAGAIN | libc::ENOMEM) => {
+            Err(MembarrierError::Os(errno))
+        }
+        Err(errno) => {
+            REFUSED_ERRNO.store(errno, Ordering::Relaxed);
+            STATE.store(REFUSED, Ordering::Release);
+            Err(MembarrierError::Os(errno))
+        }
+    }
 }
 
 /// Whether [`fence_rseq`] works here.

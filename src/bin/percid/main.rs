@@ -118,6 +118,13 @@ fn parse_threads(value: &str) -> Result<usize, UsageError> {
 }
 
 fn run_bench(args: &[String]) -> Result<String, UsageError> {
+    // Internal: the child processes `bench memory` starts, each with the allocator
+    // under test as its global allocator.
+    if let [cmd, rest @ ..] = args
+        && cmd == "memory-child"
+    {
+        return bench::memory_child(rest).map_err(UsageError);
+    }
     // Internal: the child process `bench pool` starts to measure one allocator's
     // peak memory on the larson workload.
     if let [cmd, alloc, threads, ops] = args

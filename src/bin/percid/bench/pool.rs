@@ -13,7 +13,7 @@
 //!   over plain numbers: the ring's own share of every other case's time.
 //!
 //! The implementations: `percid::Pool<[u64; 8]>` (get, drop of the `PoolBox`), the
-//! system allocator (`Box::new`), a `Mutex<Vec<Box<_>>>` pool, and with feature `peers`
+//! system allocator (`System.alloc`, as `Box::new` uses it), a `Mutex<Vec<Box<_>>>` pool, and with feature `peers`
 //! mimalloc (through `GlobalAlloc` directly), lockfree-object-pool's
 //! `LinearObjectPool`, sharded-slab's `Pool` and a crossbeam `ArrayQueue<Box<_>>` pool
 //! (see `pool_peers.rs`). Built without the feature, the bench says which peers it

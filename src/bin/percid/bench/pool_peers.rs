@@ -2,7 +2,8 @@
 //! one channel both hand objects through in the producer/consumer workload. One file,
 //! included by both (`#[path]` from each), so they time the same code.
 //!
-//! In-tree peers, always built: the system allocator (`Box::new`, glibc's malloc here)
+//! In-tree peers, always built: the system allocator (`System.alloc`, what `Box::new`
+//! does on a binary whose global allocator is the system's: glibc's malloc here)
 //! and a `Mutex<Vec<Box<Obj>>>` pool. With feature `peers`: mimalloc used directly
 //! through `GlobalAlloc` (not installed as the global allocator, so everything else in
 //! the process still uses the system allocator), lockfree-object-pool's
@@ -49,10 +50,55 @@ impl<T> Handle for Box<T> {
     }
 }
 
-/// The system allocator peer: a fresh `Box` per object, freed when dropped.
+/// A fresh `Box` per object, freed when dropped (the mutex pools' misses).
 #[inline]
-pub(crate) fn system_box() -> Box<Obj> {
+pub(crate) fn boxed() -> Box<Obj> {
     Box::new(ZERO)
+}
+
+/// The system allocator peer: what `Box::new` does, but calling `std::alloc::System`
+/// directly, so the peer is glibc's malloc and free whatever global allocator the
+/// binary has (the percid binary's forwards to the one `bench memory` chose).
+#[inline]
+pub(crate) fn system_box() -> SysBox {
+    let layout = std::alloc::Layout::new::<Obj>();
+    // SAFETY: the layout has a nonzero size.
+    let ptr = unsafe { std::alloc::GlobalAlloc::alloc(&std::alloc::System, layout) }.cast::<Obj>();
+    let Some(ptr) = std::ptr::NonNull::new(ptr) else {
+        std::alloc::handle_alloc_error(layout)
+    };
+    // SAFETY: a fresh allocation of `Obj`'s size and alignment, ours alone.
+    unsafe { ptr.as_ptr().write(ZERO) };
+    SysBox(ptr)
+}
+
+/// An object from the system allocator (see [`system_box`]).
+pub(crate) struct SysBox(std::ptr::NonNull<Obj>);
+
+// SAFETY: a `SysBox` owns its object exclusively, as a `Box` does; `Obj` is `Send`
+// and malloc frees from any thread.
+unsafe impl Send for SysBox {}
+
+impl Handle for SysBox {
+    #[inline]
+    fn touch(&self) {
+        // SAFETY: the object is initialised and owned by this handle.
+        black_box(unsafe { self.0.as_ref() });
+    }
+}
+
+impl Drop for SysBox {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: allocated by `System.alloc` with this layout, freed once.
+        unsafe {
+            std::alloc::GlobalAlloc::dealloc(
+                &std::alloc::System,
+                self.0.as_ptr().cast(),
+                std::alloc::Layout::new::<Obj>(),
+            )
+        };
+    }
 }
 
 /// A pool of boxes behind one mutex: what a pool written in an afternoon looks like.
@@ -75,7 +121,7 @@ impl MutexPool {
         let parked = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
         MutexBox {
             pool: self,
-            obj: ManuallyDrop::new(parked.unwrap_or_else(system_box)),
+            obj: ManuallyDrop::new(parked.unwrap_or_else(boxed)),
         }
     }
 
@@ -127,7 +173,7 @@ mod with_feature {
     use mimalloc::MiMalloc;
     use sharded_slab::Clear;
 
-    use super::{Handle, Obj, ZERO, system_box};
+    use super::{Handle, Obj, ZERO, boxed};
 
     /// An object from mimalloc, called directly through `GlobalAlloc` with
     /// `Layout::new::<Obj>()` and written like `Box::new` writes its value.
@@ -248,7 +294,7 @@ mod with_feature {
         pub(crate) fn get(&self) -> QueueBox<'_> {
             QueueBox {
                 pool: self,
-                obj: ManuallyDrop::new(self.free.pop().unwrap_or_else(system_box)),
+                obj: ManuallyDrop::new(self.free.pop().unwrap_or_else(boxed)),
             }
         }
 
