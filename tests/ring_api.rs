@@ -1729,3 +1729,25 @@ fn blocking_in_spawn_blocking_works() {
     });
     assert_eq!(receiver.join().unwrap(), 100);
 }
+
+/// A value handed out frees its slot at once: a thread that sends and receives in
+/// turn on a ring smaller than the receiver's burst never finds the ring full of
+/// values it already received (it used to, and `send` then blocked forever).
+#[test]
+fn a_received_value_frees_its_slot_at_once() {
+    for capacity in [1usize, 2, 4, 8] {
+        let (tx, mut rx) = ring::channel::<u64>(capacity).unwrap();
+        for round in 0..200u64 {
+            for k in 0..capacity as u64 {
+                let v = round * 100 + k;
+                match tx.send_timeout(v, Duration::from_secs(5)) {
+                    Ok(()) => {}
+                    Err(e) => panic!("capacity {capacity}, round {round}: {e:?}"),
+                }
+            }
+            for _ in 0..capacity {
+                assert!(rx.try_recv().is_ok(), "capacity {capacity}, round {round}");
+            }
+        }
+    }
+}
