@@ -896,9 +896,14 @@ impl<T> Receiver<T> {
     /// once half a ring is free, however slowly the values are taken. Publishing is a
     /// store to the receiver's own line: senders read it only when their copy of the
     /// head says the ring is full.
+    ///
+    /// An unbounded channel's full ring never blocks a sender (it spills), so there
+    /// the slots go back once per burst, as the receiver moves on.
     #[inline]
     fn taken(&mut self, i: usize) {
-        self.publish(i);
+        if !self.chan.options.unbounded || self.burst >= BURST {
+            self.publish(i);
+        }
         if self.burst >= BURST {
             self.advance();
         } else if self.chan.tx.0.wants_eager_wake() {
