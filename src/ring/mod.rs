@@ -42,8 +42,9 @@
 //!   there is never a second owner. [`Sender::send_many`] copies up to
 //!   [`BATCH`] values and publishes them with one store.
 //! * **Receive** visits the rings round-robin, up to 32 values per ring per visit,
-//!   and returns taken slots to the senders by publishing the ring's head at the end
-//!   of each visit, whenever a sender waits, and whenever it finds every ring empty.
+//!   and returns a bounded ring's slot to the senders (publishing the ring's head) as
+//!   soon as it hands the value out, so a value received frees its slot as in any
+//!   bounded channel; an unbounded ring's slots go back once per visit.
 //!   Senders keep their own copy of the head next to the tail and read the
 //!   receiver's head only when that copy says the ring is full: a send reads no
 //!   line the running receiver writes, and writes only lines of its own cid.
