@@ -86,7 +86,12 @@ fn children_forked_while_threads_use_structures_can_use_new_ones() {
             let pid = unsafe { libc::fork() };
             assert!(pid >= 0, "fork failed");
             if pid == 0 {
-                child_work();
+                // A panic must not unwind into the test harness, whose other threads
+                // do not exist here (it would wait for them forever): report and end.
+                let _ = std::panic::catch_unwind(|| child_work());
+                eprintln!("fork child {}: child_work panicked", std::process::id());
+                // SAFETY: ends the child without running the harness's exit path.
+                unsafe { libc::_exit(2) }
             }
             if let Err(e) = reap(pid, Duration::from_secs(10)) {
                 failures.push(e);
