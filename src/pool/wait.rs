@@ -14,7 +14,8 @@
 //! A woken getter that then finds nothing (another thread took the object first)
 //! registers again; the object it lost is in use, and its drop wakes the next one.
 
-use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering, Thread, fence};
+use super::lock;
+use crate::sync::{AtomicU64, Mutex, Ordering, Thread, fence};
 use std::collections::VecDeque;
 use std::task::Waker;
 
@@ -43,10 +44,6 @@ pub(super) struct Waiters {
     asymmetric: bool,
     next_id: AtomicU64,
     queue: Mutex<VecDeque<(u64, Waiter)>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Waiters {
