@@ -55,3 +55,7 @@ pub fn place(cid: Option<u32>) {
 pub fn force_portable_backend() {
     crate::rseq::registration::force_portable();
 }
+
+/// The protocol by which `fork()` waits for held regions, on plain atomics (see
+/// `src/cid/fork.rs`): for the loom model.
+pub use crate::cid::fork::ModelGate as ForkGateModel;

@@ -101,6 +101,58 @@ fn blocks(t: Torture) {
     assert_eq!(freed.load(Ordering::Relaxed), made.load(Ordering::Relaxed));
 }
 
+/// Bursts of one size at a time, freed at once, with the purge delay at 0: spans
+/// go wholly free, their pages go back and other sizes carve them again, all while
+/// other threads hold long-lived blocks in neighbouring spans and thread 0 trims.
+/// A block handed out from a span whose pages were being returned, or a live block
+/// in a purged span, breaks a pattern.
+fn bursts(t: Torture) {
+    percid::alloc::set_purge_delay(std::time::Duration::ZERO);
+    let made = AtomicU64::new(0);
+    let freed = AtomicU64::new(0);
+    t.run(|i, ops| {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1);
+        let mut long: Vec<Block> = Vec::new();
+        let mut k = 0;
+        while k < ops {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let size = 16 << ((rng >> 8) % 11);
+            let n = 64 + (rng >> 24) as usize % 448;
+            let mut burst: Vec<Block> = Vec::with_capacity(n);
+            for j in 0..n {
+                tick();
+                burst.push(Block::new(size, 8, (rng >> 40) as u8 ^ j as u8 | 1));
+            }
+            made.fetch_add(n as u64, Ordering::Relaxed);
+            if long.len() < 8 {
+                long.push(burst.pop().unwrap());
+            } else if let Some(b) = burst.pop() {
+                let old = std::mem::replace(&mut long[(rng >> 50) as usize % 8], b);
+                old.free();
+                freed.fetch_add(1, Ordering::Relaxed);
+            }
+            for b in burst {
+                tick();
+                b.free();
+                freed.fetch_add(1, Ordering::Relaxed);
+            }
+            if i == 0 {
+                ALLOC.trim();
+            }
+            k += n as u64;
+        }
+        for b in long {
+            b.free();
+            freed.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    percid::alloc::set_purge_delay(percid::alloc::DEFAULT_PURGE_DELAY);
+    assert_eq!(freed.load(Ordering::Relaxed), made.load(Ordering::Relaxed));
+}
+
 torture_variants! {
     alloc_blocks => |t| super::blocks(quarter(t));
+    alloc_bursts => |t| super::bursts(quarter(t));
 }

@@ -348,3 +348,163 @@ fn a_poisoning_conflict_is_an_error_not_silence() {
         assert!(stderr.contains("shares one heap"), "stderr: {stderr}");
     }
 }
+
+/// Spans taken from the reservation and not given back (the heap's own figure).
+fn committed_mib() -> f64 {
+    ALLOC.committed_bytes() as f64 / (1 << 20) as f64
+}
+
+/// 16 threads hold 64 MiB at once in small blocks, free them and exit: once they
+/// are gone the heap has given the spans back, with no call.
+#[test]
+fn burst_child() {
+    if !in_child("burst_child") {
+        return;
+    }
+    let before = committed_mib();
+    let rss_before = resident();
+    std::thread::scope(|s| {
+        for t in 0..16u64 {
+            s.spawn(move || {
+                let mut held: Vec<Vec<u8>> = Vec::new();
+                let mut bytes = 0;
+                let mut x = t + 1;
+                while bytes < (4 << 20) {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let size = 64 + (x >> 40) as usize % 960;
+                    held.push(vec![t as u8; size]);
+                    bytes += size;
+                }
+                assert!(held.iter().all(|b| b.iter().all(|&v| v == t as u8)));
+            });
+        }
+    });
+    // Scoped threads are joined before their destructors (the exit hooks) finish.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after = committed_mib();
+    let rss_after = resident();
+    eprintln!(
+        "committed {before:.1} -> {after:.1} MiB, resident {:.1} -> {:.1} MiB",
+        rss_before as f64 / 1048576.0,
+        rss_after as f64 / 1048576.0
+    );
+    assert!(
+        after < before + 4.0,
+        "the burst's spans stayed: {before:.1} -> {after:.1} MiB"
+    );
+    assert!(
+        rss_after < rss_before + (8 << 20),
+        "resident {rss_before} -> {rss_after}"
+    );
+}
+
+#[test]
+fn a_bursts_memory_goes_back_when_its_threads_exit() {
+    let (status, stderr) = child("burst_child");
+    assert!(status.success(), "{stderr}");
+}
+
+/// One size then another, one thread, never exiting: the second size carves the
+/// spans the first gave back (the heap does not grow by the second phase).
+#[test]
+fn phases_child() {
+    if !in_child("phases_child") {
+        return;
+    }
+    let phase = |size: usize| {
+        let blocks: Vec<Vec<u8>> = (0..(32 << 20) / size)
+            .map(|i| vec![i as u8; size])
+            .collect();
+        assert!(
+            blocks
+                .iter()
+                .enumerate()
+                .all(|(i, b)| b[size - 1] == i as u8)
+        );
+    };
+    phase(48);
+    let first = committed_mib();
+    phase(700);
+    phase(5000);
+    let last = committed_mib();
+    eprintln!("committed after the first phase {first:.1} MiB, after the last {last:.1} MiB");
+    assert!(
+        last < first * 0.5 + 8.0,
+        "freed spans were not reused: {first:.1} -> {last:.1} MiB"
+    );
+}
+
+#[test]
+fn freed_memory_serves_other_sizes_and_goes_back() {
+    let (status, stderr) = child("phases_child");
+    assert!(status.success(), "{stderr}");
+}
+
+/// With a purge delay, a free span stays resident until the delay has passed and a
+/// slow path runs; `trim` gives everything back at once.
+#[test]
+fn purge_delay_child() {
+    if !in_child("purge_delay_child") {
+        return;
+    }
+    percid::alloc::set_purge_delay(std::time::Duration::from_millis(200));
+    assert_eq!(
+        percid::alloc::purge_delay(),
+        std::time::Duration::from_millis(200)
+    );
+    let held: Vec<Vec<u8>> = (0..4096).map(|i| vec![i as u8; 1000]).collect();
+    drop(held);
+    // Everything freed is free, but within the budget of dirty spans it stays.
+    let dirty = ALLOC.dirty_bytes();
+    assert!(dirty <= 2 * 256 * 1024, "over the budget: {dirty}");
+    let committed = ALLOC.committed_bytes();
+    ALLOC.trim();
+    assert_eq!(ALLOC.dirty_bytes(), 0, "trim purges every free span");
+    assert!(ALLOC.committed_bytes() <= committed - dirty);
+}
+
+#[test]
+fn a_purge_delay_holds_free_spans_within_a_budget() {
+    let (status, stderr) = child("purge_delay_child");
+    assert!(status.success(), "{stderr}");
+}
+
+/// A cache nobody touches for the idle period is drained by another thread's slow
+/// paths: the blocks a thread left in its cid's cache of one size stop holding
+/// their span.
+#[test]
+fn idle_cache_child() {
+    if !in_child("idle_cache_child") {
+        return;
+    }
+    let held: Vec<Box<[u8; 40]>> = (0..100).map(|i| Box::new([i as u8; 40])).collect();
+    drop(held);
+    let before = ALLOC.cached_blocks();
+    assert!(before >= 50, "the frees were cached: {before}");
+    let period = percid::alloc::IDLE_PERIOD;
+    // Read before the thread exits (an exit drains caches too).
+    let after = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        // Another size, whose cache spills and refills all the time: slow paths.
+        while start.elapsed() < period * 3 {
+            let v: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 3000]).collect();
+            drop(v);
+        }
+        ALLOC.cached_blocks()
+    })
+    .join()
+    .unwrap();
+    eprintln!("cached blocks {before} -> {after}");
+    assert!(
+        after + 50 <= before,
+        "the idle cache stayed: {before} -> {after}"
+    );
+}
+
+#[test]
+fn an_idle_cache_is_drained_by_other_threads_slow_paths() {
+    let (status, stderr) = child("idle_cache_child");
+    assert!(status.success(), "{stderr}");
+}

@@ -160,3 +160,36 @@ fn list_pop_and_push_keep_every_node_once() {
         assert_eq!(seen, expected);
     });
 }
+
+/// The fork gate (`src/cid/fork.rs`): while the forking side is between `close` and
+/// `open`, no region is open, whatever the interleaving, and a region entered
+/// meanwhile waits for `open`. The tallies are sharded and a region may enter on one
+/// shard and leave on the other (a migrating thread).
+#[test]
+fn fork_gate_excludes_regions() {
+    use loom::sync::Arc;
+    use loom::sync::atomic::{AtomicU32, Ordering};
+    use percid::testing::ForkGateModel;
+
+    loom::model(|| {
+        let gate = Arc::new(ForkGateModel::new());
+        let inside = Arc::new(AtomicU32::new(0));
+        let region = {
+            let (gate, inside) = (Arc::clone(&gate), Arc::clone(&inside));
+            thread::spawn(move || {
+                gate.enter();
+                inside.fetch_add(1, Ordering::SeqCst);
+                inside.fetch_sub(1, Ordering::SeqCst);
+                gate.leave();
+            })
+        };
+        gate.close();
+        assert_eq!(
+            inside.load(Ordering::SeqCst),
+            0,
+            "a region is open at the fork"
+        );
+        gate.open();
+        region.join().unwrap();
+    });
+}

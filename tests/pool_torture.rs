@@ -47,7 +47,7 @@ fn take_one<'p>(
 
 /// One run: `max_objects` `None` for an unbounded pool (blocking `get`), or the bound
 /// (`try_get`, whose failures are counted and answered by dropping an object).
-fn torture(t: Torture, max_objects: Option<usize>) {
+fn torture(t: Torture, max_objects: Option<usize>, shrink: bool) {
     let drops = Arc::new(AtomicUsize::new(0));
     let inits = Arc::new(AtomicUsize::new(0));
     let mut builder = {
@@ -66,6 +66,11 @@ fn torture(t: Torture, max_objects: Option<usize>) {
     .debug(max_objects.is_some() || cfg!(debug_assertions));
     if let Some(max) = max_objects {
         builder = builder.max_objects(max);
+    }
+    if shrink {
+        // Every spill frees the slabs it empties: slabs freed and made again
+        // all the time, under the storm, while other threads use their objects.
+        builder = builder.keep_idle(0).purge_delay(std::time::Duration::ZERO);
     }
     let pool = builder.build().expect("pool");
 
@@ -160,18 +165,21 @@ fn torture(t: Torture, max_objects: Option<usize>) {
     if let Some(max) = max_objects {
         assert!(created <= max, "{created} objects created, bound {max}");
     }
-    assert_eq!(inits.load(Ordering::Relaxed), created, "init calls");
+    let freed = pool.freed();
+    // Exact accounting across the shrinks: made - freed == in use (none) + idle.
+    assert_eq!(inits.load(Ordering::Relaxed), created + freed, "init calls");
+    assert_eq!(
+        drops.load(Ordering::Relaxed),
+        freed,
+        "freed values not dropped once"
+    );
     assert_eq!(pool.idle(), created, "objects lost or counted twice");
-    pool.trim();
-    assert_eq!(pool.cached(), 0, "trim left objects in a cache");
-    assert_eq!(pool.idle(), created, "objects lost by trim");
 
-    // The full walk: every object exactly once, free. Trimming before each try_get
-    // keeps every idle object in the depot, so the walk never grows the pool.
+    // The full walk: every object exactly once, free. Taken all at once, with no
+    // trim (a trim now frees idle slabs), then checked.
     let mut seen = HashSet::with_capacity(created);
     let all: Vec<_> = (0..created)
         .map(|k| {
-            pool.trim();
             let b = pool
                 .try_get()
                 .unwrap_or_else(|| panic!("object {k} of {created} not found"));
@@ -183,28 +191,31 @@ fn torture(t: Torture, max_objects: Option<usize>) {
             b
         })
         .collect();
-    assert_eq!(pool.created(), created, "the walk grew the pool");
-    assert_eq!(pool.idle(), 0);
-    if max_objects == Some(created) {
-        assert!(pool.try_get().is_none(), "an object beyond the bound");
-    }
     for b in all {
         pass(&b, HANDED, 0);
     }
+    // Every object is idle again: trim frees every slab, dropping each value once.
+    pool.trim();
+    assert_eq!(pool.cached(), 0, "trim left objects in a cache");
     assert_eq!(
-        drops.load(Ordering::Relaxed),
-        0,
-        "a value dropped while the pool lives"
+        (pool.created(), pool.idle()),
+        (0, 0),
+        "trim kept idle slabs"
     );
-    drop(pool);
+    let made = inits.load(Ordering::Relaxed);
+    assert_eq!(pool.freed(), made, "objects lost by trim");
     assert_eq!(
         drops.load(Ordering::Relaxed),
-        created,
+        made,
         "values not dropped exactly once"
     );
+    drop(pool);
+    assert_eq!(drops.load(Ordering::Relaxed), made, "values dropped twice");
 }
 
 torture_variants! {
-    unbounded => |t| super::torture(quarter(t), None);
-    bounded => |t: Torture| super::torture(quarter(t), Some(t.threads * 2));
+    unbounded => |t| super::torture(quarter(t), None, false);
+    bounded => |t: Torture| super::torture(quarter(t), Some(t.threads * 2), false);
+    shrinking => |t| super::torture(quarter(t), None, true);
+    shrinking_bounded => |t: Torture| super::torture(quarter(t), Some(t.threads * 2), true);
 }

@@ -2,14 +2,16 @@
 //! on simulated cids with injected aborts, with poisoning on (a write after free
 //! aborts). Every live block is filled with a pattern from its id; the pattern is
 //! checked before every free and across every realloc, and no two live blocks
-//! overlap.
+//! overlap. Bursts of one size free whole spans, which are purged (short purge
+//! delays, pauses, trims) and carved again by other sizes while live blocks stay.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use percid::alloc::PerCidAlloc;
+use percid::alloc::{PerCidAlloc, set_purge_delay};
 use percid::testing::{seed_simulated_aborts, set_simulated_abort_rate, set_simulated_cid};
 use std::alloc::{GlobalAlloc, Layout};
+use std::time::Duration;
 
 static ALLOC: PerCidAlloc = PerCidAlloc::with_poisoning();
 
@@ -26,6 +28,16 @@ enum Op {
     Free(u8),
     Realloc(u8, u16),
     Trim,
+    /// Many blocks of one size taken and all given back: whole spans go free, are
+    /// purged (delay permitting) and carved again by other sizes.
+    Burst {
+        size: u16,
+        count: u8,
+    },
+    /// The purge delay in milliseconds (0: purge at once).
+    PurgeDelay(u8),
+    /// A pause, so that purge delays pass and the idle scan runs.
+    Idle(u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -107,6 +119,20 @@ fuzz_target!(
                     fill(b);
                 }
                 Op::Trim => ALLOC.trim(),
+                Op::Burst { size, count } => {
+                    let layout = Layout::from_size_align(usize::from(size).max(1), 8).unwrap();
+                    let mut burst = Vec::new();
+                    for _ in 0..usize::from(count) * 16 {
+                        push(&mut burst, layout, &mut next_id);
+                    }
+                    for b in burst {
+                        check(&b, b.layout.size());
+                        // SAFETY: allocated by ALLOC with this layout, freed once.
+                        unsafe { ALLOC.dealloc(b.ptr, b.layout) };
+                    }
+                }
+                Op::PurgeDelay(ms) => set_purge_delay(Duration::from_millis(u64::from(ms % 4))),
+                Op::Idle(ms) => std::thread::sleep(Duration::from_millis(u64::from(ms % 3))),
                 _ => {}
             }
             assert_no_overlap(&live);

@@ -7,12 +7,15 @@
 //! whole process, or in NUMA mode on a NUMA arena of 2 nodes. Each step moves the
 //! thread to a cid (4 and 5 are beyond the arena: the lane fallback) and, in NUMA
 //! mode, to a node (2 is beyond the arena: the lane too), sets an abort rate, and
-//! gets, drops, trims, or sends an object through `into_raw` / `from_raw`. After
+//! gets, drops, trims, bursts (gets many, drops them all), idles past the purge
+//! delay (with a fuzzed shrink floor, so spills and trims free slabs and the pool
+//! makes them again), or sends an object through `into_raw` / `from_raw`. After
 //! every step:
 //!
 //! * no object is handed out while held (its tag says who holds it);
 //! * every object is either held by the model or idle in the pool:
-//!   `pool.idle() + held == pool.created()`, and `created <= bound`;
+//!   `pool.idle() + held == pool.created()`, and `created <= bound`; the values
+//!   alive are exactly `created` (a freed slab dropped each of its values once);
 //! * caches hold at most `capacity` objects per cid (per node) and lane;
 //! * in NUMA mode, every object's home is one of the arena's nodes, and after a
 //!   trim every idle object is in a node's depot;
@@ -49,6 +52,11 @@ enum Op {
     /// Takes back the raw object at this index with `from_raw`.
     FromRaw(u8),
     Trim,
+    /// Gets this many objects more (up to the bound), then drops them all: a burst
+    /// whose spills free the slabs they empty (the pool's floor is fuzzed).
+    Burst(u8),
+    /// Lets the purge delay pass (the depots' demand ages; no pool call).
+    Idle,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -65,6 +73,8 @@ struct Input {
     capacity: u8,
     batch: u8,
     bound: Option<u8>,
+    /// The shrink's floor (`keep_idle`): 0 to 7 objects, or the default.
+    keep_idle: Option<u8>,
     steps: Vec<Step>,
 }
 
@@ -126,6 +136,11 @@ fn run(input: &Input) {
     if let Some(bound) = bound {
         builder = builder.max_objects(bound);
     }
+    if let Some(keep) = input.keep_idle {
+        builder = builder
+            .keep_idle(usize::from(keep % 8))
+            .purge_delay(std::time::Duration::from_micros(200));
+    }
     let pool = builder.build().unwrap();
     let mut held: Vec<(PoolBox<'_, Obj>, u64)> = Vec::new();
     let mut raw: Vec<(*mut Obj, u64)> = Vec::new();
@@ -186,6 +201,30 @@ fn run(input: &Input) {
                     );
                 }
             }
+            Op::Burst(n) => {
+                let room = bound.map_or(usize::MAX, |b| b - held.len() - raw.len());
+                let burst: Vec<_> = (0..usize::from(n % 64).min(room))
+                    .map(|_| {
+                        let mut b = pool.try_get().expect("try_get below the bound");
+                        assert_eq!(b.holder, 0, "an object handed out while held");
+                        b.holder = u64::MAX;
+                        b
+                    })
+                    .collect();
+                check(
+                    &pool,
+                    held.len() + raw.len() + burst.len(),
+                    capacity,
+                    bound,
+                    units,
+                );
+                for mut b in burst {
+                    assert_eq!(b.holder, u64::MAX, "a burst object changed holder");
+                    b.holder = 0;
+                    drop(b);
+                }
+            }
+            Op::Idle => std::thread::sleep(std::time::Duration::from_micros(500)),
             _ => {}
         }
         check(&pool, held.len() + raw.len(), capacity, bound, units);

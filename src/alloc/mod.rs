@@ -3,23 +3,44 @@
 //!
 //! # Design
 //!
-//! * **Size classes** from 16 B to 32 KiB: multiples of 16 up to 128, then four
-//!   classes per power of two (160, 192, 224, 256, 320, ...). A request is served by
-//!   the smallest class that holds its size and whose size is a multiple of its
-//!   alignment; larger or more aligned requests go to the system allocator.
+//! * **Size classes** from 16 B to 32 KiB ([`class_of`]): multiples of 16 up to 128,
+//!   then four classes per power of two. A request is served by the smallest class
+//!   that holds its size and whose size is a multiple of its alignment; larger or
+//!   more aligned requests go to the system allocator.
 //! * Every class has a **cache per cid**: a free list whose head is one word per cid
 //!   in a [`crate::cid`] arena, popped and pushed with the `list_pop` / `list_push`
 //!   critical sections. A free block's first word is its list link. The fast paths
 //!   are one rseq section each: no atomic read-modify-write, no lock.
-//! * A cache holds at most a class-dependent number of blocks (64 KiB worth, 4 to
-//!   256 blocks). Frees to a full cache move half of it to the class's **depot**
-//!   (a spin lock and a stack of chains linked through the blocks' second word);
-//!   allocations from an empty cache take a chain back, or carve new blocks from the
-//!   class's current **span** (256 KiB, committed with `mprotect` from one large
-//!   `PROT_NONE` reservation, so address space costs no commit charge).
+//! * A cache holds at most 64 KiB worth of blocks (4 to 256). A free to a full cache
+//!   moves half of it to the class's shared state, an allocation from an empty cache
+//!   takes half a cache back: from the class's **transfer stack** of whole chains,
+//!   else from the free blocks of one of its **spans**, else newly carved from a span.
+//! * A **span** is 256 KiB, committed with `mprotect` from one large `PROT_NONE`
+//!   reservation (address space costs no commit charge). The heap knows each span's
+//!   free blocks, so a span whose every block is free leaves its class: any class can
+//!   take it again, and after the purge delay its pages go back to the OS (see
+//!   [Memory going back](#memory-going-back)).
 //! * `dealloc` tells its blocks from the system allocator's by address (inside the
 //!   reservation or not) and finds the class from the `Layout`, which `GlobalAlloc`
 //!   guarantees is the one the block was allocated with: no header per block.
+//!
+//! # Memory going back
+//!
+//! Without a call and without a thread of its own, on slow paths only:
+//!
+//! * A wholly free span's pages go back (`MADV_DONTNEED`) once it has been free for
+//!   the purge delay ([`set_purge_delay`], `PERCID_PURGE_DELAY_MS`, default
+//!   [`DEFAULT_PURGE_DELAY`]); beyond two such spans (or 1/32 of the spans in use)
+//!   the oldest go back at once. A class that needs a span takes a free one first,
+//!   so memory freed by one size serves the next.
+//! * A cid cache unchanged for [`IDLE_PERIOD`] is drained by the next slow path
+//!   that runs the idle scan, so an idle cid's blocks stop holding their spans.
+//! * A thread's exit gives back its cid's caches and purges every free span: the
+//!   workers of a burst leave nothing resident behind them.
+//! * [`PerCidAlloc::trim`] does all of it at once, on every cid.
+//!
+//! A heap that is never called again keeps what the last slow path left: at most the
+//! budget of free spans plus the blocks in caches (64 KiB per class and cid).
 //!
 //! # Never through itself
 //!
@@ -54,447 +75,27 @@
 //! `percid::alloc::allocator_api2` so a program can name the
 //! same version (`cargo add allocator-api2` picks a newer, incompatible one).
 
+mod class;
+mod debug;
+mod decay;
+mod heap;
+mod span;
+
+pub use class::{CLASSES, MAX_SMALL, class_of, class_size};
+pub use decay::{DEFAULT_PURGE_DELAY, IDLE_PERIOD, purge_delay, set_purge_delay};
+pub(crate) use heap::{fork_prepare, fork_release};
+
+use crate::cid::ListFull;
+use crate::cid::Word;
 use crate::cid::list::{self, first as chain_node, len as chain_len, pack};
-use crate::cid::{Arena, ListFull, Word, Words};
+use crate::rseq::registration::{in_internal, internal as guarded};
+use class::{batch, cache_capacity};
+use heap::HEAP;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::ptr::null_mut;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 #[cfg(feature = "allocator-api2")]
 pub use allocator_api2;
-
-/// Number of size classes.
-pub const CLASSES: usize = 40;
-/// Largest request served from the size classes.
-pub const MAX_SMALL: usize = 32 * 1024;
-/// Bytes committed at a time for a class's blocks.
-const SPAN: usize = 256 * 1024;
-/// Address space reserved for spans (tried in this order).
-const RESERVATIONS: [usize; 3] = [64 << 30, 8 << 30, 1 << 30];
-const POISON: u8 = 0xdb;
-
-/// Size of class `class` in bytes.
-pub const fn class_size(class: usize) -> usize {
-    if class < 8 {
-        (class + 1) * 16
-    } else {
-        let j = class - 8;
-        let k = 7 + j / 4;
-        (4 + j % 4 + 1) << (k - 2)
-    }
-}
-
-/// The class of a request of `size` bytes aligned to at most 16.
-#[inline(always)]
-fn class_of_size(size: usize) -> usize {
-    let s = size.max(1) - 1;
-    if s < 128 {
-        s >> 4
-    } else {
-        let k = (usize::BITS - 1 - s.leading_zeros()) as usize;
-        8 + (k - 7) * 4 + (s >> (k - 2)) - 4
-    }
-}
-
-/// The class serving `layout`, or `None` for the system allocator.
-#[inline(always)]
-pub fn class_of(layout: Layout) -> Option<usize> {
-    let (size, align) = (layout.size(), layout.align());
-    if size > MAX_SMALL {
-        return None;
-    }
-    if align <= 16 {
-        return Some(class_of_size(size));
-    }
-    if align > MAX_SMALL {
-        return None;
-    }
-    let mut class = class_of_size(size.max(align));
-    while class < CLASSES {
-        if class_size(class).is_multiple_of(align) {
-            return Some(class);
-        }
-        class += 1;
-    }
-    None
-}
-
-/// Blocks a class's cache holds at most: 64 KiB worth, between 4 and 256.
-const fn cache_capacity(class: usize) -> u16 {
-    let n = (64 * 1024) / class_size(class);
-    if n < 4 {
-        4
-    } else if n > 256 {
-        256
-    } else {
-        n as u16
-    }
-}
-
-use crate::rseq::registration::{in_internal, internal as guarded};
-
-/// A spin lock in one word, for the heap's short critical sections (no allocation,
-/// usable from `pthread_atfork` handlers).
-struct SpinLock(AtomicU32);
-
-impl SpinLock {
-    const fn new() -> SpinLock {
-        SpinLock(AtomicU32::new(0))
-    }
-
-    fn lock(&self) {
-        let mut round = 0u32;
-        while self
-            .0
-            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            if round < 6 {
-                for _ in 0..(1 << round) {
-                    std::hint::spin_loop();
-                }
-                round += 1;
-            } else {
-                std::thread::yield_now();
-            }
-        }
-    }
-
-    fn unlock(&self) {
-        self.0.store(0, Ordering::Release);
-    }
-}
-
-/// One class's shared state.
-struct Class {
-    lock: SpinLock,
-    /// Top chain of the depot (packed: address | length << 48), 0 when empty; each
-    /// chain's first block holds the next chain in its second word.
-    depot: AtomicU64,
-    /// The span blocks are carved from: next block and end.
-    carve: AtomicUsize,
-    carve_end: AtomicUsize,
-}
-
-impl Class {
-    const fn new() -> Class {
-        Class {
-            lock: SpinLock::new(),
-            depot: AtomicU64::new(0),
-            carve: AtomicUsize::new(0),
-            carve_end: AtomicUsize::new(0),
-        }
-    }
-
-    fn lock(&self) {
-        self.lock.lock();
-    }
-
-    fn unlock(&self) {
-        self.lock.unlock();
-    }
-}
-
-const UNINIT: u8 = 0;
-const INITIALIZING: u8 = 1;
-const READY: u8 = 2;
-const FAILED: u8 = 3;
-
-/// The process-wide heap every `PerCidAlloc` shares.
-struct Heap {
-    state: AtomicU8,
-    /// Freed and carved blocks are poisoned, handed-out ones checked (fixed when
-    /// the heap is set up, by the allocator that sets it up).
-    poison: AtomicBool,
-    /// The reservation: [base, base + len).
-    base: AtomicUsize,
-    len: AtomicUsize,
-    /// Next uncommitted span.
-    bump: AtomicUsize,
-    /// The cache heads: word `c` is class `c`'s (a leaked `Words`).
-    heads: AtomicUsize,
-    /// With poisoning: a bit per 16 bytes of the reservation, set while the block
-    /// starting there is free (a `MAP_NORESERVE` mapping, 0 when absent): a second
-    /// free of a block finds its bit set.
-    free_map: AtomicUsize,
-    classes: [Class; CLASSES],
-    /// One drainer at a time (the drain token is one value).
-    trim: SpinLock,
-}
-
-static HEAP: Heap = Heap {
-    state: AtomicU8::new(UNINIT),
-    poison: AtomicBool::new(false),
-    base: AtomicUsize::new(0),
-    len: AtomicUsize::new(0),
-    bump: AtomicUsize::new(0),
-    heads: AtomicUsize::new(0),
-    free_map: AtomicUsize::new(0),
-    classes: [const { Class::new() }; CLASSES],
-    trim: SpinLock::new(),
-};
-
-/// `fork()` with a heap lock held by another thread would leave the child a lock
-/// nobody releases: before the fork every heap lock is taken (trim first, then the
-/// classes, the order `trim` takes them), after it they are released in both
-/// processes.
-/// The lane locks of the cache heads' chunk (threads without rseq push and pop under
-/// them) are taken too.
-///
-/// Called from the crate's `fork()` handlers (`cid/fork.rs`), after the arenas are
-/// locked; returns whether it took the locks (the heap is set up).
-pub(crate) fn fork_prepare() -> bool {
-    if !HEAP.ready() {
-        return false;
-    }
-    HEAP.trim.lock();
-    for class in &HEAP.classes {
-        class.lock();
-    }
-    for lock in HEAP.head(0).unit_locks() {
-        crate::rseq::simulated::lock_word(lock);
-    }
-    true
-}
-
-/// Releases what [`fork_prepare`] took, in the parent and the child.
-pub(crate) fn fork_release() {
-    for lock in HEAP.head(0).unit_locks() {
-        crate::rseq::simulated::unlock_word(lock);
-    }
-    for class in HEAP.classes.iter().rev() {
-        class.unlock();
-    }
-    HEAP.trim.unlock();
-}
-
-impl Heap {
-    #[inline(always)]
-    fn ready(&self) -> bool {
-        self.state.load(Ordering::Acquire) == READY
-    }
-
-    /// Whether `ptr` lies in the span reservation (the heap is ready).
-    #[inline(always)]
-    fn contains(&self, ptr: *mut u8) -> bool {
-        let base = self.base.load(Ordering::Relaxed);
-        (ptr as usize).wrapping_sub(base) < self.len.load(Ordering::Relaxed)
-    }
-
-    #[inline(always)]
-    fn head(&self, class: usize) -> Word<'static> {
-        let words = self.heads.load(Ordering::Acquire) as *const Words<'static>;
-        // SAFETY: `heads` is set (to a leaked, never freed `Words` of `CLASSES`
-        // words) before `state` becomes READY, which the caller checked.
-        unsafe { (*words).first().offset_by(class) }
-    }
-
-    /// Sets the heap up once; false when it cannot be (everything then goes to the
-    /// system allocator).
-    #[cold]
-    fn init(&self, poison: bool) -> bool {
-        match self
-            .state
-            .compare_exchange(UNINIT, INITIALIZING, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => {}
-            Err(READY) => return true,
-            Err(FAILED) => return false,
-            Err(_) => {
-                // Another thread is setting up: serve this request from the system.
-                return false;
-            }
-        }
-        self.poison.store(poison, Ordering::Relaxed);
-        let ok = guarded(|| self.set_up());
-        self.state
-            .store(if ok { READY } else { FAILED }, Ordering::Release);
-        ok
-    }
-
-    fn set_up(&self) -> bool {
-        let Some((base, len)) = RESERVATIONS.iter().find_map(|&len| reserve(len)) else {
-            return false;
-        };
-        // Sized without `process()`: the first allocation of a process may come from
-        // inside percid's own discovery. Indexes beyond the capacity use the lanes.
-        // SAFETY: sysconf has no preconditions.
-        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) }.clamp(1, 1 << 16) as u32;
-        // The arena's own bookkeeping allocates: under the guard, from the system.
-        let arena: &'static Arena = Box::leak(Box::new(Arena::with_capacity(cpus.max(64), cpus)));
-        let Ok(words) = arena.alloc(CLASSES) else {
-            return false;
-        };
-        let words: &'static Words<'static> = Box::leak(Box::new(words));
-        if self.poison.load(Ordering::Relaxed) {
-            // SAFETY: an anonymous private mapping, checked below; pages are
-            // committed as the spans they describe are used.
-            let map = unsafe {
-                libc::mmap(
-                    null_mut(),
-                    len / 128,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            if map != libc::MAP_FAILED {
-                self.free_map.store(map as usize, Ordering::Relaxed);
-            }
-        }
-        self.base.store(base, Ordering::Relaxed);
-        self.len.store(len, Ordering::Relaxed);
-        self.bump.store(base, Ordering::Relaxed);
-        self.heads
-            .store(words as *const Words<'static> as usize, Ordering::Release);
-        // The crate's fork handlers take the heap's locks (after the arenas').
-        crate::cid::fork_protect_heap();
-        true
-    }
-
-    /// A fresh span, committed; 0 when the reservation is used up.
-    fn new_span(&self) -> usize {
-        let end = self.base.load(Ordering::Relaxed) + self.len.load(Ordering::Relaxed);
-        // Never past the end: `committed_bytes` reads the bump.
-        let Ok(span) = self
-            .bump
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                (b + SPAN <= end).then_some(b + SPAN)
-            })
-        else {
-            return 0;
-        };
-        // SAFETY: the span lies in our PROT_NONE reservation, not yet handed out.
-        let rc = unsafe {
-            libc::mprotect(
-                span as *mut libc::c_void,
-                SPAN,
-                libc::PROT_READ | libc::PROT_WRITE,
-            )
-        };
-        if rc == 0 { span } else { 0 }
-    }
-
-    /// A chain of free blocks of `class` (at least one), from the depot or newly
-    /// carved; 0 when memory is exhausted.
-    fn take_chain(&self, class: usize) -> u64 {
-        let c = &self.classes[class];
-        c.lock();
-        let top = c.depot.load(Ordering::Relaxed);
-        if top != 0 {
-            // SAFETY: depot chains are free blocks of this class; the second word of
-            // a chain's first block links to the next chain.
-            let next = unsafe { *((chain_node(top) + 8) as *const u64) };
-            c.depot.store(next, Ordering::Relaxed);
-            c.unlock();
-            return top;
-        }
-        let chain = self.carve(class);
-        c.unlock();
-        chain
-    }
-
-    /// Carves up to a batch of new blocks (lock held).
-    fn carve(&self, class: usize) -> u64 {
-        let c = &self.classes[class];
-        let size = class_size(class);
-        let batch = u64::from(cache_capacity(class) / 2).max(1);
-        let mut next = c.carve.load(Ordering::Relaxed);
-        let mut end = c.carve_end.load(Ordering::Relaxed);
-        if next + size > end {
-            let span = self.new_span();
-            if span == 0 {
-                return 0;
-            }
-            next = span;
-            end = span + SPAN;
-            c.carve_end.store(end, Ordering::Relaxed);
-        }
-        let n = (((end - next) / size) as u64).min(batch);
-        // Link the blocks back to front: block i's link is the rest of the chain.
-        let mut chain = 0u64;
-        for i in (0..n as usize).rev() {
-            let block = next + i * size;
-            if self.poison.load(Ordering::Relaxed) {
-                poison(block as *mut u8, class);
-            }
-            // SAFETY: a fresh block of a committed span, owned by the carver.
-            unsafe { *(block as *mut u64) = chain };
-            chain = pack(block, n - i as u64);
-        }
-        c.carve.store(next + n as usize * size, Ordering::Relaxed);
-        chain
-    }
-
-    /// The free-map word and bit of a block of ours (`None` without the map).
-    #[inline]
-    fn free_bit(&self, block: *mut u8) -> Option<(&AtomicU64, u64)> {
-        let map = self.free_map.load(Ordering::Relaxed);
-        if map == 0 {
-            return None;
-        }
-        let index = (block as usize - self.base.load(Ordering::Relaxed)) / 16;
-        // SAFETY: the map covers the reservation, a bit per 16 bytes, and lives as
-        // long as the process.
-        let word = unsafe { &*((map + index / 64 * 8) as *const AtomicU64) };
-        Some((word, 1 << (index % 64)))
-    }
-
-    /// Records a free of a block of ours; aborts when it was free already.
-    fn mark_free(&self, block: *mut u8, size: usize) {
-        if let Some((word, bit)) = self.free_bit(block)
-            && word.fetch_or(bit, Ordering::AcqRel) & bit != 0
-        {
-            let msg =
-                format_args!("percid::alloc: double free of the {size}-byte block at {block:p}\n");
-            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), msg);
-            std::process::abort();
-        }
-    }
-
-    /// Records that a block of ours is handed out.
-    fn mark_used(&self, block: *mut u8) {
-        if let Some((word, bit)) = self.free_bit(block) {
-            word.fetch_and(!bit, Ordering::AcqRel);
-        }
-    }
-
-    /// Pushes a chain on the class's depot.
-    fn give_chain(&self, class: usize, chain: u64) {
-        let c = &self.classes[class];
-        c.lock();
-        // SAFETY: the chain's blocks are ours; its first block's second word is free.
-        unsafe { *((chain_node(chain) + 8) as *mut u64) = c.depot.load(Ordering::Relaxed) };
-        c.depot.store(chain, Ordering::Relaxed);
-        c.unlock();
-    }
-}
-
-/// Reserves `len` bytes of address space (no access, no commit charge): the
-/// span-aligned part of the mapping, as (start, length in whole spans).
-fn reserve(len: usize) -> Option<(usize, usize)> {
-    // SAFETY: an anonymous private mapping, checked below.
-    let map = unsafe {
-        libc::mmap(
-            null_mut(),
-            len,
-            libc::PROT_NONE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if map == libc::MAP_FAILED {
-        return None;
-    }
-    // Spans must be SPAN-aligned (block alignment): skip the front, and count only
-    // whole spans that lie inside the mapping.
-    let start = map as usize;
-    let aligned = start.next_multiple_of(SPAN);
-    let usable = (start + len).saturating_sub(aligned) & !(SPAN - 1);
-    Some((aligned, usable)).filter(|&(_, usable)| usable >= SPAN)
-}
 
 /// A small-object allocator on per-cid caches (see the [module docs](self)).
 ///
@@ -562,20 +163,17 @@ impl PerCidAlloc {
         }
     }
 
-    /// Moves every block parked in the cid caches to the class depots, so that
-    /// threads on other cids reuse them. Costs an rseq fence per non-empty cache.
+    /// Gives back everything the heap can: every cid cache is drained (an rseq
+    /// fence per non-empty cache), the classes' free blocks are sorted onto their
+    /// spans, and every wholly free span's pages go back to the OS now, whatever the
+    /// purge delay. The heap does the same by itself over time (see the module docs);
+    /// this is for a program that knows it just went idle.
     pub fn trim(&self) {
         if !HEAP.ready() {
             return;
         }
         self.check_mode();
-        HEAP.trim.lock();
-        guarded(|| {
-            for class in 0..CLASSES {
-                list::drain(HEAP.head(class), |chain| HEAP.give_chain(class, chain));
-            }
-        });
-        HEAP.trim.unlock();
+        decay::trim_all();
     }
 
     /// Blocks parked in the cid caches of every class (a racy snapshot).
@@ -588,12 +186,30 @@ impl PerCidAlloc {
             .sum()
     }
 
-    /// Bytes of spans committed so far.
+    /// Free blocks the classes hold outside the caches: on their transfer stacks
+    /// and their spans' lists (a racy snapshot).
+    pub fn central_blocks(&self) -> usize {
+        if !HEAP.ready() {
+            return 0;
+        }
+        span::held_blocks()
+    }
+
+    /// Bytes of spans that may be resident: every span the heap has used, except
+    /// those whose pages went back to the OS.
     pub fn committed_bytes(&self) -> usize {
         if !HEAP.ready() {
             return 0;
         }
-        HEAP.bump.load(Ordering::Relaxed) - HEAP.base.load(Ordering::Relaxed)
+        decay::committed_bytes()
+    }
+
+    /// Bytes of wholly free spans still resident, waiting for the purge delay.
+    pub fn dirty_bytes(&self) -> usize {
+        if !HEAP.ready() {
+            return 0;
+        }
+        HEAP.pool.dirty.load(Ordering::Relaxed) as usize * span::SPAN
     }
 
     #[cold]
@@ -612,7 +228,9 @@ impl PerCidAlloc {
             if let Some((node, _)) = unsafe { head.list_pop() } {
                 return checked(node as *mut u8, class);
             }
+            decay::arm_exit_hook();
             let chain = HEAP.take_chain(class);
+            decay::tick();
             if chain == 0 {
                 // SAFETY: as above.
                 return unsafe { System.alloc(layout) };
@@ -633,7 +251,7 @@ impl PerCidAlloc {
         self.check_mode();
         guarded(|| {
             let head = HEAP.head(class);
-            let batch = u64::from(cache_capacity(class) / 2).max(1);
+            let batch = batch(class);
             // SAFETY: the block is ours.
             unsafe { *(block as *mut u64) = 0 };
             let mut chain = pack(block, 1);
@@ -646,41 +264,15 @@ impl PerCidAlloc {
                 unsafe { *(node as *mut u64) = chain };
                 chain = pack(node, chain_len(chain) + 1);
             }
+            decay::arm_exit_hook();
             HEAP.give_chain(class, chain);
+            decay::tick();
         });
     }
 }
 
-/// Fills a free block past its two link words with the poison pattern.
-fn poison(block: *mut u8, class: usize) {
-    let size = class_size(class);
-    if size > 16 {
-        // SAFETY: the block is ours and `size` bytes long.
-        unsafe { std::ptr::write_bytes(block.add(16), POISON, size - 16) };
-    }
-}
-
-/// Aborts unless a block about to be handed out still holds the poison pattern.
-fn check_poison(block: *mut u8, class: usize) {
-    let size = class_size(class);
-    if size <= 16 {
-        return;
-    }
-    // SAFETY: the block is ours and `size` bytes long.
-    let bytes = unsafe { std::slice::from_raw_parts(block.add(16), size - 16) };
-    if let Some(at) = bytes.iter().position(|&b| b != POISON) {
-        // Not a panic: this runs inside the allocator.
-        let msg = format_args!(
-            "percid::alloc: a freed {size}-byte block at {block:p} was written after free (byte {})\n",
-            at + 16
-        );
-        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), msg);
-        std::process::abort();
-    }
-}
-
 /// Installs the chain `rest` in the caller's cache (one section when it is empty),
-/// slot by slot otherwise; what does not fit goes back to the depot.
+/// slot by slot otherwise; what does not fit goes back to the class.
 fn install(head: Word<'static>, class: usize, mut rest: u64) {
     if head.compare_store(0, rest).is_ok() {
         return;
@@ -739,8 +331,8 @@ unsafe impl GlobalAlloc for PerCidAlloc {
             return;
         };
         if HEAP.poison.load(Ordering::Relaxed) {
-            HEAP.mark_free(ptr, class_size(class));
-            poison(ptr, class);
+            HEAP.free_map.mark_free(ptr, class_size(class));
+            debug::poison(ptr, class);
         }
         let push = || {
             // SAFETY: the block is ours (the caller gives it back), 16-byte aligned,
@@ -845,8 +437,8 @@ unsafe impl allocator_api2::alloc::Allocator for PerCidAlloc {
 #[inline(always)]
 fn checked(block: *mut u8, class: usize) -> *mut u8 {
     if HEAP.poison.load(Ordering::Relaxed) {
-        check_poison(block, class);
-        HEAP.mark_used(block);
+        debug::check_poison(block, class);
+        HEAP.free_map.mark_used(block);
     }
     block
 }
@@ -854,60 +446,6 @@ fn checked(block: *mut u8, class: usize) -> *mut u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn classes_grow_and_end_at_the_small_limit() {
-        for c in 1..CLASSES {
-            assert!(class_size(c) > class_size(c - 1), "class {c}");
-            assert!(class_size(c).is_multiple_of(16));
-        }
-        assert_eq!(class_size(0), 16);
-        assert_eq!(class_size(CLASSES - 1), MAX_SMALL);
-    }
-
-    #[test]
-    fn every_small_layout_gets_the_tightest_fitting_class() {
-        for align in [1usize, 2, 4, 8, 16, 32, 64, 128, 256, 4096] {
-            for size in 1..=MAX_SMALL {
-                let layout = Layout::from_size_align(size, align).unwrap();
-                let Some(class) = class_of(layout) else {
-                    assert!(align > 16, "size {size} align {align} has no class");
-                    continue;
-                };
-                let cs = class_size(class);
-                assert!(cs >= size, "size {size} align {align}: class of {cs} bytes");
-                assert!(
-                    cs.is_multiple_of(align),
-                    "size {size}: {cs} not {align}-aligned"
-                );
-                if align <= 16 && class > 0 {
-                    assert!(
-                        class_size(class - 1) < size,
-                        "size {size}: a smaller class fits"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn large_or_over_aligned_requests_go_to_the_system() {
-        assert_eq!(
-            class_of(Layout::from_size_align(MAX_SMALL + 1, 8).unwrap()),
-            None
-        );
-        assert_eq!(
-            class_of(Layout::from_size_align(64, 64 * 1024).unwrap()),
-            None
-        );
-    }
-
-    #[test]
-    fn caches_hold_about_64_kib() {
-        assert_eq!(cache_capacity(0), 256);
-        assert_eq!(cache_capacity(class_of_size(1024)), 64);
-        assert_eq!(cache_capacity(CLASSES - 1), 4);
-    }
 
     #[test]
     fn blocks_are_usable_aligned_and_recycled() {

@@ -238,6 +238,11 @@ impl Chunk {
         if !slot.base.load(Ordering::Acquire).is_null() {
             return Ok(());
         }
+        // A fork waits until no plane is being reserved (the `grow` lock would stay
+        // held in the child). Not for plane 0, reserved while the chunk is built,
+        // unshared, under the arena's allocation lock (which the fork handler takes
+        // after waiting for held regions: a region entered under it would deadlock).
+        let _fork = (plane != 0).then(super::fork::hold);
         let _grow = lock(&self.grow);
         if !slot.base.load(Ordering::Acquire).is_null() {
             return Ok(());
@@ -522,7 +527,10 @@ pub struct Arena {
     lanes: u32,
     planes: u32,
     placing: Placing,
-    state: Mutex<State>,
+    /// Boxed: the fork handlers find it at this address whatever moves the arena.
+    state: Box<Mutex<State>>,
+    /// Whether the fork handlers know it (see `cid/fork.rs`).
+    registered: bool,
 }
 
 /// One NUMA node's share of an arena, for `percid status` and tests.
@@ -577,18 +585,53 @@ impl Arena {
     }
 
     fn build(cids: u32, lanes: u32, planes: u32, placing: Placing) -> Arena {
-        Arena {
+        // Arenas built inside percid's own set-up (the allocator's heap) are left to
+        // their owner's fork handling, which takes their locks itself.
+        let register = !crate::rseq::registration::in_internal();
+        Arena::build_registered(cids, lanes, planes, placing, register)
+    }
+
+    fn build_registered(
+        cids: u32,
+        lanes: u32,
+        planes: u32,
+        placing: Placing,
+        register: bool,
+    ) -> Arena {
+        let arena = Arena {
             cid_capacity: cids.max(1),
             lanes: lanes.max(1),
             planes,
             placing,
-            state: Mutex::new(State {
+            state: Box::new(Mutex::new(State {
                 chunks: Vec::new(),
                 bump: UNIT_WORDS,
                 free: Vec::new(),
                 words_in_use: 0,
-            }),
+            })),
+            registered: register && !cfg!(loom),
+        };
+        #[cfg(not(loom))]
+        if arena.registered {
+            super::fork::register(&*arena.state);
         }
+        arena
+    }
+
+    /// [`Arena::new`], protected across `fork()` even when built inside percid's
+    /// set-up (the process-wide arenas).
+    pub(crate) fn new_process_wide() -> Arena {
+        let possible = process().possible_cpus;
+        let sim = crate::rseq::simulated::default_cids();
+        Arena::build_registered(possible.max(sim), possible, 1, Placing::FirstTouch, true)
+    }
+
+    /// [`Arena::numa`], protected across `fork()` like [`Arena::new_process_wide`].
+    pub(crate) fn numa_process_wide() -> Arena {
+        let possible = process().possible_cpus;
+        let sim = crate::rseq::simulated::default_cids();
+        let nodes = crate::numa::topology().node_id_bound().max(1);
+        Arena::build_registered(possible.max(sim), possible, nodes, Placing::NodeBound, true)
     }
 
     /// Most words one allocation can have.
@@ -769,29 +812,38 @@ impl fmt::Debug for Arena {
     }
 }
 
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // Before the state goes: the fork handlers must not find it any more (this
+        // waits while a fork holds the registry).
+        #[cfg(not(loom))]
+        if self.registered {
+            super::fork::unregister(&*self.state);
+        }
+    }
+}
+
 impl Arena {
-    /// Takes the arena's allocation lock and every lane's and unit's lock of every
-    /// chunk, for `fork()` (see `fork.rs`): nothing is allocated.
+    /// Takes every lane's and unit's lock of every chunk of an arena whose
+    /// allocation lock the caller holds, for `fork()` (see `fork.rs`): nothing is
+    /// allocated.
     #[cfg(not(loom))]
-    pub(crate) fn lock_for_fork(&self) -> crate::sync::MutexGuard<'_, State> {
-        let state = lock(&self.state);
+    pub(crate) fn lock_units(state: &State) {
         for chunk in &state.chunks {
             for lock in chunk.fork_locks() {
                 crate::rseq::simulated::lock_word(lock);
             }
         }
-        state
     }
 
-    /// Releases what [`Arena::lock_for_fork`] took (in the parent and the child).
+    /// Releases what [`Arena::lock_units`] took (in the parent and the child).
     #[cfg(not(loom))]
-    pub(crate) fn unlock_after_fork(state: crate::sync::MutexGuard<'_, State>) {
+    pub(crate) fn unlock_units(state: &State) {
         for chunk in &state.chunks {
             for lock in chunk.fork_locks() {
                 crate::rseq::simulated::unlock_word(lock);
             }
         }
-        drop(state);
     }
 }
 

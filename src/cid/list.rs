@@ -65,3 +65,27 @@ pub(crate) fn drain(word: Word<'_>, mut take: impl FnMut(u64)) -> u64 {
     }
     moved
 }
+
+/// Takes every non-empty list of every word in `words` (a word per class), with one
+/// fence in all ([`Word::foreign_compare_store_many`]), giving each to
+/// `take(word index, chain)`. Callers serialise drains of these words.
+pub(crate) fn drain_all(words: &[Word<'_>], mut take: impl FnMut(usize, u64)) {
+    let mut items = Vec::new();
+    let mut owner = Vec::new();
+    for (k, &word) in words.iter().enumerate() {
+        for (shard, head) in word.shards() {
+            let h = head.load(Ordering::Acquire);
+            if h != 0 && h != DRAIN_TOKEN {
+                items.push((word, shard, h));
+                owner.push(k);
+            }
+        }
+    }
+    Word::foreign_compare_store_many(&items, DRAIN_TOKEN, |i| {
+        let (word, shard, head) = items[i];
+        if let Some(w) = word.at(shard) {
+            w.store(0, Ordering::Release);
+        }
+        take(owner[i], head);
+    });
+}

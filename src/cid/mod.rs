@@ -47,7 +47,7 @@
 //! non-atomic commit with an atomic update of the same word.
 
 mod arena;
-mod fork;
+pub(crate) mod fork;
 pub(crate) use fork::protect_heap as fork_protect_heap;
 pub(crate) mod list;
 mod ops;
@@ -59,26 +59,19 @@ pub(crate) use ops::{HotWord, NodeHotWord, PayloadSite, Pushed, thread_node};
 
 /// The process-wide arena that the crate's structures allocate from. (Under loom,
 /// models make their own arenas: loom objects cannot outlive one model run.)
+///
+/// Built without ever waiting for another thread (see `cid/fork.rs`): a child forked
+/// while a thread of its parent was building it builds its own.
 pub fn global() -> &'static Arena {
-    static GLOBAL: std::sync::OnceLock<Arena> = std::sync::OnceLock::new();
-    if let Some(arena) = GLOBAL.get() {
-        return arena;
-    }
-    let arena = GLOBAL.get_or_init(Arena::new);
-    fork::protect(arena);
-    arena
+    static GLOBAL: fork::Lazy<Arena> = fork::Lazy::new();
+    GLOBAL.get_or_init(Arena::new_process_wide)
 }
 
 /// The process-wide NUMA arena ([`Arena::numa`]): one plane per NUMA node, each
 /// bound to its node. The NUMA-aware structures allocate from it.
 pub fn numa_global() -> &'static Arena {
-    static GLOBAL: std::sync::OnceLock<Arena> = std::sync::OnceLock::new();
-    if let Some(arena) = GLOBAL.get() {
-        return arena;
-    }
-    let arena = GLOBAL.get_or_init(Arena::numa);
-    fork::protect(arena);
-    arena
+    static GLOBAL: fork::Lazy<Arena> = fork::Lazy::new();
+    GLOBAL.get_or_init(Arena::numa_process_wide)
 }
 
 /// Statistics of the process-wide arena: indexes materialised, bytes per index,

@@ -1227,6 +1227,57 @@ impl<'a> Word<'a> {
         }
     }
 
+    /// [`Word::foreign_compare_store`] of the one token `new` over many shards of
+    /// many words, with one rseq fence in all instead of one each: every rseq cid's
+    /// word is swapped first, then the fence proves them all. Calls `owned(i)` for
+    /// each item `i` whose word now holds `new` (the caller owns what it held).
+    /// On a refused fence, puts every swapped value back and owns none of them.
+    pub(crate) fn foreign_compare_store_many(
+        items: &[(Word<'_>, Shard, u64)],
+        new: u64,
+        mut owned: impl FnMut(usize),
+    ) {
+        let simulated = matches!(process().forced, Some((Backend::Simulated, _)));
+        let portable = matches!(process().forced, Some((Backend::Portable, _)));
+        let mut swapped = Vec::new();
+        for (i, &(word, shard, expect)) in items.iter().enumerate() {
+            let rseq_cid = !matches!(shard, Shard::Lane(_)) && !simulated && !portable;
+            if !rseq_cid {
+                if let Ok(Ok(())) = word.foreign_compare_store(shard, expect, new) {
+                    owned(i);
+                }
+                continue;
+            }
+            let Some(w) = word.at(shard) else { continue };
+            if w.compare_exchange(expect, new, Ordering::SeqCst, Ordering::Acquire)
+                .is_ok()
+            {
+                swapped.push(i);
+            }
+        }
+        if swapped.is_empty() {
+            return;
+        }
+        if any_rseq_thread() && fence_rseq().is_err() {
+            for &i in &swapped {
+                let (word, shard, expect) = items[i];
+                if let Some(w) = word.at(shard) {
+                    let _ = w.compare_exchange(new, expect, Ordering::AcqRel, Ordering::Relaxed);
+                }
+            }
+            return;
+        }
+        for i in swapped {
+            let (word, shard, _) = items[i];
+            if word
+                .at(shard)
+                .is_some_and(|w| w.load(Ordering::Acquire) == new)
+            {
+                owned(i);
+            }
+        }
+    }
+
     /// Waits until every section on this word's chunk that started before the call
     /// has committed or aborted, on every shard: after it, a section that reads a
     /// flag the caller set before the call sees it. Slow: takes every lane's lock and,

@@ -8,6 +8,19 @@
 //! only the holder moves it back to free, with an atomic store, from whatever CPU it
 //! runs on by then. A holder that is preempted keeps the lock: the others on that cid
 //! spin briefly, then yield.
+//!
+//! # fork
+//!
+//! A shard held by another thread at `fork()` would stay held in the child, and its
+//! value might be half-updated. So `with` and `for_each` run inside a held region
+//! ([`crate::cid::fork::hold`]): the fork waits until every closure running then has
+//! returned, and closures that would start meanwhile wait until the fork is done
+//! (like glibc's malloc, which takes its arenas' locks around `fork()`). The child
+//! then finds every shard free and every value as its last holder left it. The cost
+//! on `with`: a thread-local depth and two per-cid counter adds, no shared cache
+//! line written. A closure that forks runs on in the child (its own region does not
+//! hold the fork up); one that waits for another thread, while that thread is about
+//! to enter a percid region, holds the fork up until then.
 
 use crate::cid::{self, Arena, ForeignError, Shard, StorageError, Word, Words};
 use crate::rseq::MembarrierError;
@@ -115,6 +128,8 @@ impl<T, F: Fn() -> T> PerCid<T, F> {
     /// read-modify-write when uncontended.
     #[inline]
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        // Before the lock (and released after it): a fork waits for the closure.
+        let _fork = crate::cid::fork::hold();
         let word = self.lock_word();
         let mut round = 0;
         let shard = loop {
@@ -139,6 +154,8 @@ impl<T, F: Fn() -> T> PerCid<T, F> {
     /// rseq fence per shard, tens of microseconds: for occasional statistics and
     /// maintenance, not for hot paths).
     pub fn for_each(&self, mut f: impl FnMut(&mut T)) -> Result<(), MembarrierError> {
+        // A fork waits for the visit (see the module's docs).
+        let _fork = crate::cid::fork::hold();
         let word = self.lock_word();
         let shards: Vec<Shard> = word.shards().map(|(shard, _)| shard).collect();
         for shard in shards {

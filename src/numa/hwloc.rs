@@ -17,10 +17,10 @@ use hwlocality::memory::nodeset::NodeSet;
 use hwlocality::object::distance::DistancesKind;
 use hwlocality::object::types::ObjectType;
 use hwlocality::topology::builder::BuildFlags;
-use std::sync::OnceLock;
 
-/// The system topology binding uses, loaded on the first binding.
-static SYSTEM: OnceLock<Result<HwTopology, String>> = OnceLock::new();
+/// The system topology binding uses, loaded on the first binding (never waited for:
+/// see `cid::fork::Lazy`).
+static SYSTEM: crate::cid::fork::Lazy<Result<HwTopology, String>> = crate::cid::fork::Lazy::new();
 
 fn system_handle() -> Result<&'static HwTopology, &'static str> {
     SYSTEM

@@ -61,7 +61,8 @@ impl fmt::Display for Binding {
 /// Whether binding is on for this process: false under `PERCID_NUMA_BIND=off`. Read
 /// once.
 fn binding_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    // Never waited for (see `cid::fork::Lazy`).
+    static ENABLED: crate::cid::fork::Lazy<bool> = crate::cid::fork::Lazy::new();
     *ENABLED.get_or_init(|| binding_enabled_by(std::env::var(BIND_ENV).ok().as_deref()))
 }
 

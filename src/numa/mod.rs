@@ -77,12 +77,12 @@ pub use hwloc::hwloc_binding_of;
 pub use memory::{Binding, Placement, pages_on, placement};
 pub use topology::{Node, Topology, TopologyError, TopologySource};
 
-use std::sync::OnceLock;
-
 /// The machine's topology, discovered on the first call ([`Topology::system`]): hwloc
 /// with feature `numa`, else sysfs; one node with every possible CPU as the last
 /// resort. Never fails.
 pub fn topology() -> &'static Topology {
-    static TOPOLOGY: OnceLock<Topology> = OnceLock::new();
+    // Never waited for (see `cid::fork::Lazy`): a child forked while another thread
+    // of the parent was discovering discovers again.
+    static TOPOLOGY: crate::cid::fork::Lazy<Topology> = crate::cid::fork::Lazy::new();
     TOPOLOGY.get_or_init(Topology::system)
 }

@@ -26,9 +26,31 @@
 //!
 //! Objects parked in caches are therefore at most `capacity × cids`; a producer that
 //! gets on one thread and a consumer that drops on another reach a steady state in
-//! which batches circulate through the depot. Memory of slabs is freed with the pool;
-//! free slots are reachable by sections until then, so nothing a section may read is
-//! ever freed under it.
+//! which batches circulate through the depot.
+//!
+//! # Shrinking
+//!
+//! A long-running service's pool gives memory back after a burst, with no call and
+//! no timer thread, as tcmalloc's central free lists and mimalloc's purge delay do:
+//!
+//! * The pool grows by **slabs**: one anonymous mapping each (a header, then as many
+//!   objects as fill its pages, at least a batch), so a freed slab's memory leaves
+//!   the process at once.
+//! * A depot keeps whole batches up to a **keep bound**, and puts objects beyond it
+//!   on their slab's own free list. A slab whose objects are all there is *empty*.
+//! * The keep bound is [`PoolBuilder::keep_idle`] (default: two slabs) plus the
+//!   objects the depot handed out in the last one to two
+//!   [`PoolBuilder::purge_delay`]s (default 10 ms): what a pool in a steady state
+//!   takes back soon. Spills, refills and [`Pool::trim`] (slow paths only; the get
+//!   and drop sections are unchanged) free empty slabs while the idle objects left
+//!   stay at least the bound. After a burst, once nothing was taken for a purge
+//!   delay, the drops' own spills free the slabs they empty.
+//! * [`Pool::trim`] drains the caches and frees every empty slab, whatever the
+//!   bound. A freed slab drops its values (each once) and [`Pool::created`] goes
+//!   down; a bounded pool may then make objects again up to its bound.
+//!
+//! Freeing is safe because an object in a depot is on no cache list: no critical
+//! section can be reading its link (see `depot.rs` for the argument).
 //!
 //! # NUMA mode
 //!
@@ -66,7 +88,15 @@
 //! [`PoolBox::from_raw`] a pointer that is not a raw object of this pool, panics with
 //! a message instead of corrupting the lists.
 
+mod boxed;
+mod depot;
+mod drain;
+mod slab;
 mod wait;
+
+pub use boxed::{GetFuture, OwnedPoolBox, PoolBox};
+use depot::{Depot, Homeward, Policy};
+use slab::{Registry, SlabList, Slot};
 
 use crate::cid::list::{self, first as chain_node, len as chain_len, pack};
 use crate::cid::{self, Arena, HotWord, ListFull, NodeHotWord, Shard, StorageError, Word, Words};
@@ -80,6 +110,8 @@ use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicPtr;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use wait::{Waiter, Waiters};
@@ -161,35 +193,22 @@ impl fmt::Display for PoolError {
     }
 }
 
-impl std::error::Error for PoolError {}
-
-/// One pooled object: its list link, its debug state and the value.
-#[repr(C)]
-struct Slot<T> {
-    /// The list link while the slot is free (the packed head of the rest of the
-    /// list); first, so the slot's address is the list node's.
-    link: AtomicU64,
-    state: AtomicU32,
-    /// The NUMA node whose memory holds the slot (its slab's node; 0 in a plain
-    /// pool): where the slot's batches go home to.
-    home: u32,
-    value: UnsafeCell<T>,
+/// How a pool makes its values: a boxed closure (the builder's), or a plain function
+/// (the const constructor [`Pool::from_fn`], which cannot box).
+enum Init<T> {
+    Boxed(Box<dyn Fn() -> T + Send + Sync>),
+    Fn(fn() -> T),
 }
 
-impl<T> Slot<T> {
-    fn node(&self) -> usize {
-        self as *const Slot<T> as usize
-    }
-
-    /// # Safety
-    /// `node` is the address of a live slot of this pool.
-    unsafe fn from_node<'a>(node: usize) -> &'a Slot<T> {
-        // SAFETY: the caller's contract.
-        unsafe { &*(node as *const Slot<T>) }
+impl<T> Init<T> {
+    fn make(&self) -> T {
+        match self {
+            Init::Boxed(f) => f(),
+            Init::Fn(f) => f(),
+        }
     }
 }
 
-type Init<T> = Box<dyn Fn() -> T + Send + Sync>;
 type Reset<T> = Box<dyn Fn(&mut T) + Send + Sync>;
 
 /// Builds a [`Pool`]: see the builder methods for the defaults.
@@ -203,7 +222,12 @@ pub struct PoolBuilder<T> {
     arena: Option<&'static Arena>,
     numa: bool,
     topology: Option<&'static Topology>,
+    keep_idle: Option<usize>,
+    purge_delay: Duration,
 }
+
+/// Default of [`PoolBuilder::purge_delay`].
+pub const DEFAULT_PURGE_DELAY: Duration = Duration::from_millis(10);
 
 impl<T: Send> PoolBuilder<T> {
     /// Objects each cid's cache holds at most (default 64, at most [`MAX_CAPACITY`]).
@@ -269,6 +293,27 @@ impl<T: Send> PoolBuilder<T> {
         self
     }
 
+    /// Idle objects each depot keeps whatever the recent use (the floor of the
+    /// shrink, see [Shrinking](crate::pool#shrinking)); default: two slabs' worth.
+    /// Idle objects beyond it and beyond the recent demand go back to the system a
+    /// slab at a time.
+    pub fn keep_idle(mut self, objects: usize) -> Self {
+        self.keep_idle = Some(objects);
+        self
+    }
+
+    /// How long objects the pool handed out count as demand that the pool keeps
+    /// idle objects for (default [`DEFAULT_PURGE_DELAY`], as mimalloc's purge
+    /// delay): a pool whose use swings faster keeps its objects; after a burst, idle
+    /// objects beyond [`PoolBuilder::keep_idle`] are freed by the spills that follow
+    /// once this long passed without new demand. `Duration::ZERO` frees as soon as
+    /// slabs empty; `Duration::MAX` never shrinks on its own ([`Pool::trim`] still
+    /// does).
+    pub fn purge_delay(mut self, delay: Duration) -> Self {
+        self.purge_delay = delay;
+        self
+    }
+
     /// Checks the configuration and allocates the per-cid cache heads.
     pub fn build(self) -> Result<Pool<T>, PoolError> {
         if self.capacity == 0 {
@@ -311,10 +356,16 @@ impl<T: Send> PoolBuilder<T> {
             // The plain fast path must miss at once: the NUMA sections take over.
             limit = &NO_CIDS;
         }
+        let policy = Policy {
+            keep_idle: self
+                .keep_idle
+                .map_or_else(|| default_keep_idle::<T>(batch as u64), |k| k as u64),
+            purge_delay: self.purge_delay,
+        };
         Ok(Pool {
-            hot: HotWord::from_parts(base, limit),
+            hot: HotCell::new(base, limit),
             node_hot: (nodes > 1).then(|| heads.first().node_hot()),
-            heads,
+            heads: OnceLock::from(heads),
             init: self.init,
             reset: self.reset,
             capacity: self.capacity as u16,
@@ -323,167 +374,77 @@ impl<T: Send> PoolBuilder<T> {
             debug: self.debug,
             numa: self.numa,
             topology: self.topology,
-            depots: (0..nodes).map(|_| Mutex::new(Vec::new())).collect(),
+            depot0: Mutex::new(Depot::new()),
+            more_depots: (1..nodes).map(|_| Mutex::new(Depot::new())).collect(),
             created: AtomicU64::new(0),
-            slabs: Mutex::new(Vec::new()),
+            freed: AtomicU64::new(0),
+            slabs: Mutex::new(Registry {
+                list: SlabList::new(),
+            }),
             drain: Mutex::new(()),
             bounded: self.max_objects.is_some(),
             waiters: Waiters::new(),
+            policy: OnceLock::from(policy),
+            default_policy: policy,
         })
     }
 }
 
-/// Slots made together, freed with the pool: a boxed slice, or (NUMA mode) a mapping
-/// of whole pages bound to the slab's node.
-struct Slab<T> {
-    slots: NonNull<Slot<T>>,
-    len: usize,
-    /// Bytes of the slab's own mapping; 0 for a boxed slice.
-    mapped: usize,
+/// The default floor: two slabs.
+fn default_keep_idle<T>(batch: u64) -> u64 {
+    2 * slab::Slab::<T>::per_slab(batch)
 }
 
-impl<T> Slab<T> {
-    fn boxed(slots: Box<[Slot<T>]>) -> Slab<T> {
-        let len = slots.len();
-        let slots = NonNull::from(Box::leak(slots)).cast::<Slot<T>>();
-        Slab {
-            slots,
-            len,
-            mapped: 0,
+/// The heads word's fast-path addresses (see `HotWord`), readable while a lazily
+/// built pool ([`Pool::from_fn`]) sets them up. Until then `limit` is `NO_CIDS`:
+/// the plain section exits at its bound check, before it touches `base`, and the
+/// slow path builds the heads. The writer stores `base` then `limit` (release), the
+/// fast path loads `limit` (acquire) then `base`: whoever sees the real limit sees
+/// the real base. Both loads are plain loads on x86_64 (the acquire costs nothing
+/// there): the fast path is unchanged. Plain `std` atomics, also under loom: they
+/// are written once, before the pool is shared or under the heads' `OnceLock`.
+struct HotCell {
+    base: AtomicPtr<u64>,
+    limit: AtomicPtr<u32>,
+}
+
+impl HotCell {
+    fn new(base: *mut u64, limit: *const u32) -> HotCell {
+        HotCell {
+            base: AtomicPtr::new(base),
+            limit: AtomicPtr::new(limit.cast_mut()),
         }
     }
 
-    fn slots(&self) -> &[Slot<T>] {
-        // SAFETY: `len` initialised slots at `slots`, owned by the slab until it drops.
-        unsafe { std::slice::from_raw_parts(self.slots.as_ptr(), self.len) }
+    /// Every section misses until `set`.
+    const fn missing() -> HotCell {
+        HotCell {
+            base: AtomicPtr::new(std::ptr::null_mut()),
+            limit: AtomicPtr::new((&raw const NO_CIDS).cast_mut()),
+        }
     }
 
-    /// How many slots a NUMA slab of at least `batch` slots holds: as many as fit
-    /// in the whole pages it maps.
-    fn per_mapping(batch: u64) -> u64 {
-        if cfg!(loom) {
-            return batch;
-        }
-        let size = std::mem::size_of::<Slot<T>>() as u64;
-        let page = crate::numa::memory::page_size() as u64;
-        (batch * size).next_multiple_of(page) / size
+    fn set(&self, base: *mut u64, limit: *const u32) {
+        self.base.store(base, std::sync::atomic::Ordering::Relaxed);
+        self.limit
+            .store(limit.cast_mut(), std::sync::atomic::Ordering::Release);
     }
 
-    /// A slab of `n` slots made by `make`, in fresh pages bound to `node` before they
-    /// are touched (first touch, by the calling thread, where binding is off or
-    /// fails). A boxed slice when the mapping fails.
-    #[cfg(not(loom))]
-    fn on_node(n: usize, node: u32, mut make: impl FnMut() -> Slot<T>) -> Slab<T> {
-        let size = std::mem::size_of::<Slot<T>>();
-        let bytes = (n * size).next_multiple_of(crate::numa::memory::page_size());
-        // SAFETY: an anonymous private mapping, checked below.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Slab::boxed((0..n).map(|_| make()).collect());
-        }
-        // SAFETY: `map` is the fresh, untouched mapping of `bytes` bytes just made,
-        // owned by this slab; nothing else refers to it yet.
-        let _ = unsafe { crate::numa::memory::bind(map.cast(), bytes, node) };
-        // Page-aligned, and `align_of::<T>() <= MAX_ALIGN` (the page size).
-        let slab = Slab {
-            slots: NonNull::new(map.cast::<Slot<T>>()).expect("mmap gives a non-null address"),
-            len: 0,
-            mapped: bytes,
-        };
-        // If `make` panics, dropping `slab` drops the slots made so far and unmaps.
-        let mut slab = slab;
-        for i in 0..n {
-            let slot = make();
-            // SAFETY: slot `i` is inside the mapping (`n * size <= bytes`), aligned,
-            // and not yet initialised.
-            unsafe { slab.slots.as_ptr().add(i).write(slot) };
-            slab.len = i + 1;
-        }
-        slab
-    }
-
-    /// Under loom there is no node-bound memory: a boxed slice.
-    #[cfg(loom)]
-    fn on_node(n: usize, _node: u32, make: impl FnMut() -> Slot<T>) -> Slab<T> {
-        let mut make = make;
-        Slab::boxed((0..n).map(|_| make()).collect())
+    #[inline(always)]
+    fn get(&self) -> HotWord {
+        let limit = self.limit.load(std::sync::atomic::Ordering::Acquire);
+        let base = self.base.load(std::sync::atomic::Ordering::Relaxed);
+        HotWord::from_parts(base, limit)
     }
 }
 
-impl<T> Drop for Slab<T> {
-    fn drop(&mut self) {
-        let slots = std::ptr::slice_from_raw_parts_mut(self.slots.as_ptr(), self.len);
-        if self.mapped == 0 {
-            // SAFETY: a boxed slab came from `Box::leak` of a boxed slice of `len`
-            // slots (`Slab::boxed`), given back once.
-            drop(unsafe { Box::from_raw(slots) });
-            return;
-        }
-        // SAFETY: the first `len` slots of the mapping are initialised and owned by
-        // the slab, which is going away: nothing refers to them any more.
-        unsafe { std::ptr::drop_in_place(slots) };
-        #[cfg(not(loom))]
-        // SAFETY: the slab's own mapping of `mapped` bytes (`Slab::on_node`), whose
-        // slots were just dropped.
-        unsafe {
-            libc::munmap(self.slots.as_ptr().cast(), self.mapped)
-        };
-    }
-}
-
-/// Owned slots being chained for the depots, one chain per home node: how batches
-/// go home. A plain pool's slots all have home 0 (one chain).
-struct Homeward {
-    /// `(home, chain)` of the first home seen; `chain` 0 while empty.
-    first: (u32, u64),
-    /// The other homes seen.
-    others: Vec<(u32, u64)>,
-    count: u64,
-}
-
-impl Homeward {
-    fn new() -> Homeward {
-        Homeward {
-            first: (0, 0),
-            others: Vec::new(),
-            count: 0,
-        }
-    }
-
-    /// Adds an owned slot to its home's chain (overwriting its link).
-    fn add<T>(&mut self, slot: &Slot<T>) {
-        let home = slot.home;
-        let group = if self.first.1 == 0 || self.first.0 == home {
-            &mut self.first
-        } else if let Some(i) = self.others.iter().position(|g| g.0 == home) {
-            &mut self.others[i]
-        } else {
-            self.others.push((home, 0));
-            self.others.last_mut().expect("just pushed")
-        };
-        group.0 = home;
-        slot.link.store(group.1, Ordering::Relaxed);
-        group.1 = pack(slot.node(), chain_len(group.1) + 1);
-        self.count += 1;
-    }
-
-    /// Gives each chain to its home's depot.
-    fn send<T: Send>(self, pool: &Pool<T>) {
-        for (home, chain) in std::iter::once(self.first).chain(self.others) {
-            if chain != 0 {
-                lock(pool.depot(home as usize)).push(chain);
-            }
-        }
-    }
+/// Holds off `fork()` while this thread is inside a depot's or the registry's lock,
+/// holds a drain token, or builds a lazy pool's heads: a child never inherits one
+/// of them held (which would hang it, or lose the drained objects). Taken before
+/// those locks, on slow paths only (see `crate::cid::fork::hold`).
+#[inline]
+fn fork_hold() -> impl Drop {
+    crate::cid::fork::hold()
 }
 
 /// A pool of `T`s recycled through per-cid caches: see the [module docs](self).
@@ -507,12 +468,15 @@ impl Homeward {
 /// ```
 pub struct Pool<T> {
     /// The heads word's fast-path addresses (see `HotWord`); in a many-node NUMA
-    /// pool, with a limit that makes every plain section miss (`NO_CIDS`).
-    hot: HotWord,
+    /// pool, with a limit that makes every plain section miss (`NO_CIDS`), as in a
+    /// lazily built pool before its first use.
+    hot: HotCell,
     /// A NUMA pool on more than one node: the heads word's NUMA fast path (see
     /// `NodeHotWord`). `None`: the plain sections on plane 0.
     node_hot: Option<NodeHotWord>,
-    heads: Words<'static>,
+    /// The per-cid cache heads; set when built, or at the first use of a pool
+    /// made by [`Pool::from_fn`].
+    heads: OnceLock<Words<'static>>,
     init: Init<T>,
     reset: Option<Reset<T>>,
     capacity: u16,
@@ -523,19 +487,28 @@ pub struct Pool<T> {
     numa: bool,
     /// Nodes of portable threads (NUMA mode); `None`: the machine's topology.
     topology: Option<&'static Topology>,
-    /// The depot of each node (one in a plain pool): packed chains, each of slots of
-    /// that home node only.
-    depots: Box<[Mutex<Vec<u64>>]>,
-    /// Objects created so far (bounded by `max_objects`).
+    /// Node 0's depot (the only one of a plain pool): idle objects of node 0's
+    /// slabs only (see `depot.rs`).
+    depot0: Mutex<Depot>,
+    /// The depots of nodes 1.. (a many-node NUMA pool).
+    more_depots: Vec<Mutex<Depot>>,
+    /// Objects that exist (made and not freed; bounded by `max_objects`).
     created: AtomicU64,
-    /// Every slot ever created, by slab; freed with the pool.
-    slabs: Mutex<Vec<Slab<T>>>,
+    /// Objects freed with their slab by the shrink, in all.
+    freed: AtomicU64,
+    /// Every slab of the pool; each freed with the pool or by the shrink.
+    slabs: Mutex<Registry>,
     /// Serialises drains: the drain token is one value, so one drainer at a time.
     drain: Mutex<()>,
     /// `max_objects` was set: getters may wait, and drops wake them.
     bounded: bool,
     /// Getters waiting for an object (see `wait.rs`).
     waiters: Waiters,
+    /// The shrink policy (see `depot.rs`); set with the heads (its default floor
+    /// needs the page size).
+    policy: OnceLock<Policy>,
+    /// The policy until `policy` is set (never read before the heads are).
+    default_policy: Policy,
 }
 
 // SAFETY: the pool hands its `T`s to whichever thread gets them (so `T: Send`), and
@@ -554,7 +527,7 @@ impl<T: Send> Pool<T> {
     /// A builder for a pool whose objects `init` creates.
     pub fn builder(init: impl Fn() -> T + Send + Sync + 'static) -> PoolBuilder<T> {
         PoolBuilder {
-            init: Box::new(init),
+            init: Init::Boxed(Box::new(init)),
             reset: None,
             capacity: 64,
             batch: None,
@@ -563,11 +536,98 @@ impl<T: Send> Pool<T> {
             arena: None,
             numa: false,
             topology: None,
+            keep_idle: None,
+            purge_delay: DEFAULT_PURGE_DELAY,
         }
     }
 
+    /// A pool with the default configuration, made in a `const` context: for a
+    /// `static`.
+    ///
+    /// ```
+    /// use percid::Pool;
+    ///
+    /// static BUFFERS: Pool<Vec<u8>> = Pool::from_fn(Vec::new);
+    ///
+    /// let mut buf = BUFFERS.get();
+    /// buf.extend_from_slice(b"static");
+    /// ```
+    ///
+    /// [`Pool::new`] cannot be `const`: it boxes a closure. This one takes a plain
+    /// function and sets up its cache heads (from [`cid::global`]) at its first use:
+    /// until then its fast path's bound check fails at once (as a many-node NUMA
+    /// pool's plain attempt does), so the first get or drop takes the slow path,
+    /// which builds the heads (once, whichever thread comes first) and carries on.
+    /// The fast path is the same instructions as a built pool's.
+    ///
+    /// # Panics
+    /// The first use panics if the process-wide arena cannot allocate the cache
+    /// heads (address space exhausted), as a failed allocation would.
+    #[cfg(not(loom))]
+    pub const fn from_fn(init: fn() -> T) -> Pool<T> {
+        let policy = Policy {
+            keep_idle: 0,
+            purge_delay: DEFAULT_PURGE_DELAY,
+        };
+        Pool {
+            hot: HotCell::missing(),
+            node_hot: None,
+            heads: OnceLock::new(),
+            init: Init::Fn(init),
+            reset: None,
+            capacity: 64,
+            batch: 32,
+            max_objects: u64::MAX,
+            debug: cfg!(debug_assertions),
+            numa: false,
+            topology: None,
+            depot0: Mutex::new(Depot::new()),
+            more_depots: Vec::new(),
+            created: AtomicU64::new(0),
+            freed: AtomicU64::new(0),
+            slabs: Mutex::new(Registry {
+                list: SlabList::new(),
+            }),
+            drain: Mutex::new(()),
+            bounded: false,
+            waiters: Waiters::unbounded(),
+            policy: OnceLock::new(),
+            default_policy: policy,
+        }
+    }
+
+    /// The heads, built at the first use of a lazily built pool.
+    #[cold]
+    #[inline(never)]
+    fn build_heads(&self) -> &Words<'static> {
+        // A fork never sees the heads half built (the child would wait forever).
+        let _fork = fork_hold();
+        self.heads.get_or_init(|| {
+            // As in `build`: register for membarrier before any drain waits on it.
+            let _ = crate::rseq::fence_available();
+            let heads = cid::global()
+                .alloc(1)
+                .unwrap_or_else(|e| panic!("percid::pool: cannot allocate the cache heads: {e}"));
+            let _ = self.policy.set(Policy {
+                keep_idle: default_keep_idle::<T>(self.batch),
+                ..self.default_policy
+            });
+            let (base, limit) = heads.first().hot();
+            self.hot.set(base, limit);
+            heads
+        })
+    }
+
+    /// The shrink policy.
+    fn policy(&self) -> &Policy {
+        self.policy.get().unwrap_or(&self.default_policy)
+    }
+
     fn heads(&self) -> Word<'_> {
-        self.heads.first()
+        match self.heads.get() {
+            Some(heads) => heads.first(),
+            None => self.build_heads().first(),
+        }
     }
 
     /// An object: from the calling cid's cache (one rseq section), else from the
@@ -675,7 +735,7 @@ impl<T: Send> Pool<T> {
         // SAFETY: every node on the heads' lists is a slot of this pool, alive as long
         // as the pool, and only list operations (or a drainer that owns the list)
         // write the heads and the links of listed slots.
-        let node = match unsafe { self.hot.try_list_pop() } {
+        let node = match unsafe { self.hot.get().try_list_pop() } {
             Some(node) => node?,
             // A many-node NUMA pool's plain attempt always misses (see `NO_CIDS`).
             None => match self.node_hot {
@@ -787,7 +847,7 @@ impl<T: Send> Pool<T> {
             }
             let node = self.node_now();
             // The guard must be gone before `install`, which may lock a depot.
-            let chain = lock(self.depot(node)).pop();
+            let chain = self.take(node);
             if let Some(chain) = chain {
                 return Some(self.install(chain));
             }
@@ -840,158 +900,22 @@ impl<T: Send> Pool<T> {
             }
         }
     }
-    /// The depot of node `node` (below the pool's nodes).
-    fn depot(&self, node: usize) -> &Mutex<Vec<u64>> {
-        &self.depots[node]
-    }
 
-    /// The node whose depot and slabs the calling thread uses: the node its NUMA
-    /// sections read (on the portable backend, its CPU's node), 0 beyond the pool's
-    /// nodes, and always 0 in a pool of one node.
-    fn node_now(&self) -> usize {
-        if self.depots.len() == 1 {
-            return 0;
-        }
-        let topology = self.topology.unwrap_or_else(crate::numa::topology);
-        let node = cid::thread_node(|cpu| topology.node_of_cpu(cpu)) as usize;
-        if node < self.depots.len() { node } else { 0 }
-    }
-
-    /// A chain from another node's depot than `node`'s (a NUMA pool at its bound).
-    fn steal(&self, node: usize) -> Option<u64> {
-        (1..self.depots.len())
-            .map(|k| (node + k) % self.depots.len())
-            .find_map(|other| lock(self.depot(other)).pop())
-    }
-
-    /// Takes the chain's first slot, and puts the rest in the caller's cache: with
-    /// one section when the cache is empty (a plain pool), else slot by slot; what
-    /// does not fit goes back to the depot of the chain's home.
-    fn install(&self, chain: u64) -> &Slot<T> {
-        let first_node = chain_node(chain);
-        // SAFETY: chains hold slots of this pool, owned by the caller.
-        let first = unsafe { Slot::<T>::from_node(first_node) };
-        let mut rest = first.link.load(Ordering::Acquire);
-        if chain_len(rest) == 0 {
-            return first;
-        }
-        if self.node_hot.is_none() && self.heads().compare_store(0, rest).is_ok() {
-            return first;
-        }
-        while chain_len(rest) > 0 {
-            let node = chain_node(rest);
-            // SAFETY: `node` is an owned slot of this pool.
-            let slot = unsafe { Slot::<T>::from_node(node) };
-            let next = slot.link.load(Ordering::Acquire);
-            // SAFETY: the slot is ours.
-            if unsafe { self.cache_push(node) }.is_err() {
-                // An aborted attempt may have written the link before the one that
-                // found the cache full: relink the slot to the rest of the chain.
-                slot.link.store(next, Ordering::Relaxed);
-                break;
-            }
-            rest = next;
-        }
-        if chain_len(rest) > 0 {
-            // A depot's chains hold slots of its node only: the rest goes back there.
-            lock(self.depot(first.home as usize)).push(rest);
-        }
-        first
-    }
-
-    /// Objects in the caches, as their heads say now (racy, for decisions only).
-    fn cached_elsewhere(&self) -> u64 {
-        list::cached(self.heads())
-    }
-
-    /// A new slab as a chain, or `None` when the pool has created `max_objects`: a
-    /// batch of objects, or in NUMA mode as many as fill the slab's pages, bound to
-    /// node `node`.
-    fn grow(&self, node: usize) -> Option<u64> {
-        let want = if self.numa {
-            Slab::<T>::per_mapping(self.batch)
-        } else {
-            self.batch
-        };
-        let max = self.max_objects;
-        let before = self
-            .created
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                let n = want.min(max - c);
-                (n > 0).then_some(c + n)
-            })
-            .ok()?;
-        let n = want.min(max - before);
-        // User code (init) runs with no lock held. If it panics, the values made so
-        // far are dropped and the reservation is given back.
-        struct Reserved<'a>(&'a AtomicU64, u64);
-        impl Drop for Reserved<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(self.1, Ordering::AcqRel);
-            }
-        }
-        let reserved = Reserved(&self.created, n);
-        let home = node as u32;
-        let make = || Slot {
-            link: AtomicU64::new(0),
-            state: AtomicU32::new(FREE),
-            home,
-            value: UnsafeCell::new((self.init)()),
-        };
-        let slab = if self.numa {
-            Slab::on_node(n as usize, home, make)
-        } else {
-            Slab::boxed((0..n).map(|_| make()).collect())
-        };
-        std::mem::forget(reserved);
-        let mut chain = 0u64;
-        for (i, slot) in slab.slots().iter().enumerate().rev() {
-            slot.link.store(chain, Ordering::Relaxed);
-            chain = pack(slot.node(), n - i as u64);
-        }
-        // Release: the links are written before another thread can take the chain
-        // (the mutexes order the hand-over as well).
-        lock(&self.slabs).push(slab);
-        Some(chain)
-    }
-
-    /// Moves every cache that holds objects to the depots (see the module docs);
-    /// a NUMA pool sorts each cache's objects by home node. Returns how many
-    /// objects moved.
-    fn drain_caches(&self) -> u64 {
-        let _one_drainer = lock(&self.drain);
-        if !self.numa {
-            return list::drain(self.heads(), |chain| lock(self.depot(0)).push(chain));
-        }
-        list::drain(self.heads(), |chain| {
-            let mut homeward = Homeward::new();
-            let mut rest = chain;
-            while chain_len(rest) > 0 {
-                // SAFETY: the drained list is ours: slots of this pool.
-                let slot = unsafe { Slot::<T>::from_node(chain_node(rest)) };
-                rest = slot.link.load(Ordering::Acquire);
-                homeward.add(slot);
-            }
-            homeward.send(self);
-        })
-    }
-
-    /// Moves every object parked in the cid caches to the depot, so that a thread
-    /// on any cid can reuse them (after a burst, or before a phase that runs on
-    /// other CPUs). Costs an rseq fence per non-empty cache. A NUMA pool sends each
-    /// object to its home node's depot.
-    pub fn trim(&self) {
-        self.drain_caches();
-    }
-
-    /// Objects created so far (in use or free).
+    /// Objects that exist now (in use or idle): made, less those freed with their
+    /// slab by the shrink.
     pub fn created(&self) -> usize {
         self.created.load(Ordering::Acquire) as usize
     }
 
+    /// Objects freed with their slab so far (by the shrink or [`Pool::trim`]), in
+    /// all: `created() + freed()` objects were made.
+    pub fn freed(&self) -> usize {
+        self.freed.load(Ordering::Acquire) as usize
+    }
+
     /// Objects parked in the cid caches and in the depots (a racy snapshot).
     pub fn idle(&self) -> usize {
-        let depots: usize = (0..self.depots.len()).map(|n| self.idle_on_node(n)).sum();
+        let depots: usize = (0..self.depot_count()).map(|n| self.idle_on_node(n)).sum();
         depots + self.cached_elsewhere() as usize
     }
 
@@ -999,16 +923,17 @@ impl<T: Send> Pool<T> {
     /// pool does not have): after [`Pool::trim`], the idle objects whose memory is
     /// on that node. A plain pool has one depot, node 0's.
     pub fn idle_on_node(&self, node: usize) -> usize {
-        match self.depots.get(node) {
-            Some(depot) => lock(depot).iter().map(|&c| chain_len(c)).sum::<u64>() as usize,
-            None => 0,
+        if node >= self.depot_count() {
+            return 0;
         }
+        let _fork = fork_hold();
+        lock(self.depot(node)).idle() as usize
     }
 
     /// NUMA nodes the pool keeps depots and slabs for: the planes of its arena in
     /// NUMA mode, 1 otherwise.
     pub fn nodes(&self) -> usize {
-        self.depots.len()
+        self.depot_count()
     }
 
     /// Objects parked in the cid caches (a racy snapshot): at most `capacity ×`
@@ -1031,7 +956,7 @@ impl<T: Send> Pool<T> {
         }
         // SAFETY: the slot is ours, aligned and a user-space address; the lists hold
         // only this pool's slots.
-        let pushed = match unsafe { self.hot.try_list_push(slot.node(), self.capacity) } {
+        let pushed = match unsafe { self.hot.get().try_list_push(slot.node(), self.capacity) } {
             Some(pushed) => pushed,
             // A many-node NUMA pool's plain attempt always misses (see `NO_CIDS`).
             None => match self.node_hot {
@@ -1048,24 +973,6 @@ impl<T: Send> Pool<T> {
             self.waiters.notify();
         }
     }
-
-    /// The cache is full: `slot` and up to `batch - 1` objects of the cache go to the
-    /// depots, one chain per home node (one chain in a plain pool).
-    #[cold]
-    #[inline(never)]
-    fn spill(&self, slot: &Slot<T>) {
-        let mut homeward = Homeward::new();
-        homeward.add(slot);
-        while homeward.count < self.batch {
-            // SAFETY: as in `pop`.
-            let Some(node) = (unsafe { self.cache_pop() }) else {
-                break;
-            };
-            // SAFETY: a listed node is a slot of this pool, now ours.
-            homeward.add(unsafe { Slot::<T>::from_node(node) });
-        }
-        homeward.send(self);
-    }
 }
 
 impl<T> Drop for Pool<T> {
@@ -1074,7 +981,14 @@ impl<T> Drop for Pool<T> {
         // raw (a raw object never given back is dropped with its pool).
         // Dropping the slabs drops every value; the cache heads that pointed into
         // them are zeroed when their words go back to the arena.
-        drop(std::mem::take(&mut *lock(&self.slabs)));
+        let registry = self.slabs.get_mut().unwrap_or_else(|p| p.into_inner());
+        while let Some(s) = registry.list.first() {
+            // SAFETY: on the registry, which `&mut self` owns.
+            unsafe { registry.list.remove(s, slab::SlabRef::registry_links) };
+            // SAFETY: every slab is on the registry, and nothing else reaches its
+            // slots any more (no box outlives the pool).
+            drop(unsafe { slab::Slab::<T>::from_ref(s) });
+        }
     }
 }
 
@@ -1084,7 +998,7 @@ impl<T> fmt::Debug for Pool<T> {
             .field("capacity", &self.capacity)
             .field("batch", &self.batch)
             .field("numa", &self.numa)
-            .field("nodes", &self.depots.len())
+            .field("nodes", &self.depot_count())
             .field("created", &self.created.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
@@ -1102,233 +1016,5 @@ fn state_name(state: u32) -> &'static str {
         BOXED => "in a PoolBox",
         RAW => "raw (into_raw)",
         _ => "not a slot of this pool",
-    }
-}
-
-/// An object of a [`Pool`]: derefs to `T`, goes back to the pool when dropped —
-/// into the cache of the cid the dropping thread runs on, so dropping on another
-/// thread than the one that got it is the normal case and stays fast.
-pub struct PoolBox<'a, T: Send> {
-    pool: &'a Pool<T>,
-    slot: NonNull<Slot<T>>,
-    /// `Sync` only when `T: Sync` (below).
-    _not_sync: PhantomData<*const ()>,
-}
-
-// SAFETY: a `PoolBox` owns its value exclusively; moving it moves the `T` (needs
-// `T: Send`), and the pool it returns to is `Sync`.
-unsafe impl<T: Send> Send for PoolBox<'_, T> {}
-// SAFETY: `&PoolBox` only gives `&T`.
-unsafe impl<T: Send + Sync> Sync for PoolBox<'_, T> {}
-
-impl<'a, T: Send> PoolBox<'a, T> {
-    fn slot(&self) -> &Slot<T> {
-        // SAFETY: the slot lives in one of the pool's slabs, which live as long as
-        // the pool, which outlives `'a`.
-        unsafe { self.slot.as_ref() }
-    }
-
-    /// The NUMA node whose memory holds the object: the node its slab was made for
-    /// (in a NUMA pool, the node of the thread whose get grew the pool), 0 in a plain
-    /// pool. The object goes home to that node's depot in batches (see
-    /// [NUMA mode](self#numa-mode)).
-    pub fn node(this: &Self) -> u32 {
-        this.slot().home
-    }
-
-    /// Takes the value out of the pool for good: the caller gets the `T`, and the
-    /// slot goes back to the pool holding a fresh value from the pool's `init`. The
-    /// pool's count of objects and its bound (`max_objects`) are unchanged: a
-    /// detached value no longer counts, its replacement does.
-    ///
-    /// ```
-    /// let pool = percid::Pool::builder(|| vec![0u8; 4]).max_objects(1).build().unwrap();
-    /// let mut b = pool.get();
-    /// b[0] = 9;
-    /// let kept: Vec<u8> = percid::PoolBox::detach(b);
-    /// assert_eq!(kept[0], 9);
-    /// assert_eq!(pool.get()[0], 0); // the pool's one object is a fresh one
-    /// ```
-    pub fn detach(mut this: Self) -> T {
-        let fresh = (this.pool.init)();
-        std::mem::replace(&mut *this, fresh)
-    }
-
-    /// Gives up the box without returning the object: a pointer to the value, for
-    /// [`PoolBox::from_raw`]. An object never given back stays in use (and is
-    /// dropped with the pool).
-    pub fn into_raw(this: Self) -> *mut T {
-        let this = std::mem::ManuallyDrop::new(this);
-        if this.pool.debug {
-            this.pool.transition(
-                this.slot(),
-                BOXED,
-                RAW,
-                "into_raw of an object not in a box",
-            );
-        }
-        this.slot().value.get()
-    }
-
-    /// Takes back an object given up with [`PoolBox::into_raw`].
-    ///
-    /// With the pool's debug checks on, a pointer that is not a raw object of this
-    /// pool (a foreign pointer, or one already taken back) panics.
-    ///
-    /// # Safety
-    /// `ptr` came from `into_raw` on a box of `pool`, and was not taken back since.
-    pub unsafe fn from_raw(pool: &'a Pool<T>, ptr: *mut T) -> PoolBox<'a, T> {
-        let offset = std::mem::offset_of!(Slot<T>, value);
-        let node = (ptr as usize).wrapping_sub(offset);
-        if pool.debug {
-            let known = lock(&pool.slabs).iter().any(|slab| {
-                let slots = slab.slots();
-                let start = slots.as_ptr() as usize;
-                let end = start + std::mem::size_of_val(slots);
-                (start..end).contains(&node)
-                    && (node - start).is_multiple_of(std::mem::size_of::<Slot<T>>())
-            });
-            assert!(
-                known,
-                "percid::pool: from_raw of a pointer ({ptr:p}) that is not an object of this pool"
-            );
-        }
-        // SAFETY: the caller's contract (checked above in debug mode): `node` is a
-        // slot of this pool, given up by `into_raw`.
-        let slot = unsafe { Slot::<T>::from_node(node) };
-        if pool.debug {
-            pool.transition(slot, RAW, BOXED, "from_raw of an object that is not raw");
-        }
-        PoolBox {
-            pool,
-            slot: NonNull::from(slot),
-            _not_sync: PhantomData,
-        }
-    }
-}
-
-impl<T: Send> Deref for PoolBox<'_, T> {
-    type Target = T;
-
-    #[inline]
-    fn deref(&self) -> &T {
-        // SAFETY: the box owns the slot's value exclusively.
-        unsafe { &*self.slot().value.get() }
-    }
-}
-
-impl<T: Send> DerefMut for PoolBox<'_, T> {
-    #[inline]
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: the box owns the slot's value exclusively, and `&mut self` is
-        // unique.
-        unsafe { &mut *self.slot().value.get() }
-    }
-}
-
-impl<T: Send> Drop for PoolBox<'_, T> {
-    #[inline]
-    fn drop(&mut self) {
-        self.pool.put(self.slot());
-    }
-}
-
-/// The future of [`Pool::get_async`].
-#[must_use = "futures do nothing unless polled"]
-pub struct GetFuture<'a, T> {
-    pool: &'a Pool<T>,
-    /// Registration among the pool's waiters, once the pool was found exhausted.
-    id: Option<u64>,
-}
-
-impl<'a, T: Send> Future for GetFuture<'a, T> {
-    type Output = PoolBox<'a, T>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<PoolBox<'a, T>> {
-        let pool = self.pool;
-        loop {
-            if let Some(slot) = pool.pop().or_else(|| pool.acquire()) {
-                if let Some(id) = self.id.take() {
-                    pool.waiters.unregister(id);
-                }
-                return Poll::Ready(pool.boxed(slot));
-            }
-            let id = *self.id.get_or_insert_with(|| pool.waiters.id());
-            if !pool.waiters.register(id, Waiter::Task(cx.waker().clone())) {
-                return Poll::Pending;
-            }
-            // Newly registered: look once more after the heavy fence.
-        }
-    }
-}
-
-impl<T> Drop for GetFuture<'_, T> {
-    fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            self.pool.waiters.unregister(id);
-        }
-    }
-}
-
-impl<T> fmt::Debug for GetFuture<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GetFuture")
-            .field("waiting", &self.id.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-/// An object of a pool shared through an `Arc` ([`Pool::get_owned`]): like
-/// [`PoolBox`], but it owns a reference to its pool, so it is `'static`.
-pub struct OwnedPoolBox<T: Send> {
-    pool: Arc<Pool<T>>,
-    slot: NonNull<Slot<T>>,
-}
-
-// SAFETY: as for `PoolBox`: the box owns its value exclusively.
-unsafe impl<T: Send> Send for OwnedPoolBox<T> {}
-// SAFETY: `&OwnedPoolBox` only gives `&T`.
-unsafe impl<T: Send + Sync> Sync for OwnedPoolBox<T> {}
-
-impl<T: Send> OwnedPoolBox<T> {
-    /// The pool the object goes back to.
-    pub fn pool(this: &Self) -> &Arc<Pool<T>> {
-        &this.pool
-    }
-}
-
-impl<T: Send> Deref for OwnedPoolBox<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        // SAFETY: the slot lives in one of the pool's slabs, which the `Arc` keeps;
-        // the box owns the value.
-        unsafe { &*self.slot.as_ref().value.get() }
-    }
-}
-
-impl<T: Send> DerefMut for OwnedPoolBox<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: as in `deref`, exclusively.
-        unsafe { &mut *self.slot.as_ref().value.get() }
-    }
-}
-
-impl<T: Send> Drop for OwnedPoolBox<T> {
-    fn drop(&mut self) {
-        // SAFETY: as in `deref`; the slot is ours until `put`.
-        self.pool.put(unsafe { self.slot.as_ref() });
-    }
-}
-
-impl<T: Send + fmt::Debug> fmt::Debug for OwnedPoolBox<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("OwnedPoolBox").field(&**self).finish()
-    }
-}
-
-impl<T: Send + fmt::Debug> fmt::Debug for PoolBox<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
     }
 }

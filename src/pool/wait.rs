@@ -56,6 +56,17 @@ impl Waiters {
         }
     }
 
+    /// The waiters of an unbounded pool, which never wait (for `const` pools).
+    #[cfg(not(loom))]
+    pub(super) const fn unbounded() -> Waiters {
+        Waiters {
+            waiting: AtomicU64::new(0),
+            asymmetric: false,
+            next_id: AtomicU64::new(1),
+            queue: Mutex::new(VecDeque::new()),
+        }
+    }
+
     /// A fresh registration id.
     pub(super) fn id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)

@@ -108,9 +108,36 @@ impl Waiter {
 }
 
 /// Locks `m`, ignoring poisoning (no lock of the channel guards an invariant a
-/// panic can break half-way).
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// panic can break half-way), inside a held region ([`crate::cid::fork::hold`]): a
+/// `fork()` waits until no thread holds a channel's lock, so a child can use every
+/// channel it inherited (its spill queue and waiter lists). The region is entered
+/// before the lock is taken and left after it is released; nothing runs under these
+/// locks but a few list operations and waker clones.
+pub(super) fn lock<T>(m: &Mutex<T>) -> Locked<'_, T> {
+    let fork = crate::cid::fork::hold();
+    Locked {
+        guard: m.lock().unwrap_or_else(|e| e.into_inner()),
+        _fork: fork,
+    }
+}
+
+/// A channel lock's guard (see [`lock`]). Fields drop in order: the lock first.
+pub(super) struct Locked<'a, T> {
+    guard: MutexGuard<'a, T>,
+    _fork: crate::cid::fork::ForkHold,
+}
+
+impl<T> std::ops::Deref for Locked<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T> std::ops::DerefMut for Locked<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
 }
 
 /// The consumer's side: its state and its waiter.

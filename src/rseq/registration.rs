@@ -10,7 +10,6 @@
 use super::abi;
 use super::{Backend, IndexMode, Owner};
 use std::cell::Cell;
-use std::sync::OnceLock;
 
 /// `AREA` value of a thread that has not resolved its backend yet.
 const UNRESOLVED: usize = 0;
@@ -50,11 +49,13 @@ pub(crate) struct Process {
     pub possible_cpus: u32,
 }
 
-static PROCESS: OnceLock<Process> = OnceLock::new();
+/// Never waited for (see `cid::fork::Lazy`): a child forked while another thread of
+/// the parent was discovering discovers again.
+static PROCESS: crate::cid::fork::Lazy<Process> = crate::cid::fork::Lazy::new();
 
 /// The process facts, read on first call.
 pub(crate) fn process() -> &'static Process {
-    PROCESS.get_or_init(|| internal(discover))
+    PROCESS.get_or_init_boxed(|| internal(|| Box::new(discover())))
 }
 
 thread_local! {

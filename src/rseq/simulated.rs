@@ -43,14 +43,21 @@ model_thread_local! {
 pub(crate) fn default_cids() -> u32 {
     #[cfg(not(loom))]
     {
-        static CIDS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-        *CIDS.get_or_init(|| {
-            std::env::var("PERCID_SIM_CIDS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(DEFAULT_CIDS)
-                .clamp(1, 64)
-        })
+        // Not a `OnceLock`: a child forked while another thread was reading it
+        // would wait forever (0: not read yet; racing readers store the same value).
+        static CIDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        match CIDS.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => {
+                let cids = std::env::var("PERCID_SIM_CIDS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(DEFAULT_CIDS)
+                    .clamp(1, 64);
+                CIDS.store(cids, std::sync::atomic::Ordering::Relaxed);
+                cids
+            }
+            cids => cids,
+        }
     }
     #[cfg(loom)]
     {
