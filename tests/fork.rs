@@ -87,7 +87,6 @@ fn use_inherited(shared: &Shared) {
     shared.pool.trim();
 }
 
-
 /// Ends a child: 0 when `work` returned, 2 when it panicked (a panic must not unwind
 /// into the test harness, whose other threads do not exist in the child: it would
 /// wait for them forever).

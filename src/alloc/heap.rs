@@ -212,6 +212,12 @@ impl Heap {
         let Some((base, len)) = RESERVATIONS.iter().find_map(|&len| reserve(len)) else {
             return false;
         };
+        // Free lists pack a block's address in 48 bits: a reservation above that
+        // (5-level paging handing out high addresses, tagged pointers) cannot hold
+        // blocks, and the heap stays off (everything goes to the system allocator).
+        if (base + len) as u64 > crate::rseq::spec::LIST_NODE_MASK + 1 {
+            return false;
+        }
         if !self.spans.set_up(len / SPAN) {
             return false;
         }
