@@ -329,8 +329,25 @@ impl Heap {
         let mut end = c.carve_end.load(Ordering::Relaxed);
         if next + size > end {
             self.retire_carve_span(c);
-            let Some(index) = self.take_span() else {
-                return 0;
+            let index = match self.take_span() {
+                Some(index) => index,
+                None => {
+                    // A never-used span: its `mprotect` runs with the class lock
+                    // released (others spin on it).
+                    c.lock.unlock();
+                    let fresh = self.fresh_span();
+                    c.lock.lock();
+                    let Some(index) = fresh else {
+                        return 0;
+                    };
+                    if c.carve_span.load(Ordering::Relaxed) != 0 {
+                        // Another thread gave the class a span meanwhile: carve
+                        // from it, and pool this one (its pages are untouched).
+                        self.pool_put(index);
+                        return self.carve(class);
+                    }
+                    index
+                }
             };
             let m = self.spans.at(index);
             // SAFETY: a span just taken from the pool or the reservation: ours alone.
@@ -447,8 +464,8 @@ impl Heap {
         p.lock.unlock();
     }
 
-    /// A span for a class to carve: the newest dirty one (its pages are warm), else
-    /// a clean one, else a never-used one.
+    /// A span from the pool for a class to carve: the newest dirty one (its pages
+    /// are warm), else a clean one; `None` when the pool is empty.
     fn take_span(&self) -> Option<u32> {
         let p = &self.pool;
         p.lock.lock();
@@ -487,7 +504,7 @@ impl Heap {
                     .clear_span(self.span_addr(index) - self.span_addr(0), SPAN);
                 Some(index)
             }
-            None => self.fresh_span(),
+            None => None,
         }
     }
 
