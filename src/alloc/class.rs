@@ -10,6 +10,13 @@ pub const MAX_SMALL: usize = 32 * 1024;
 
 /// Size of class `class` in bytes: multiples of 16 up to 128, then four classes per
 /// power of two (160, 192, 224, 256, 320, ...).
+///
+/// ```
+/// use percid::alloc::{CLASSES, MAX_SMALL, class_size};
+///
+/// assert_eq!(class_size(0), 16);
+/// assert_eq!(class_size(CLASSES - 1), MAX_SMALL);
+/// ```
 pub const fn class_size(class: usize) -> usize {
     if class < 8 {
         (class + 1) * 16
@@ -34,6 +41,15 @@ fn class_of_size(size: usize) -> usize {
 
 /// The class serving `layout`: the smallest that holds its size and whose size is a
 /// multiple of its alignment; `None` for the system allocator.
+///
+/// ```
+/// use percid::alloc::{class_of, class_size};
+/// use std::alloc::Layout;
+///
+/// // 100 bytes are served by the 112-byte class; 64 KiB by the system allocator.
+/// assert_eq!(class_of(Layout::new::<[u8; 100]>()).map(class_size), Some(112));
+/// assert_eq!(class_of(Layout::new::<[u8; 65536]>()), None);
+/// ```
 #[inline(always)]
 pub fn class_of(layout: Layout) -> Option<usize> {
     let (size, align) = (layout.size(), layout.align());

@@ -43,6 +43,14 @@ static LAST_SCAN: AtomicU32 = AtomicU32::new(0);
 
 /// Sets how long a wholly free span stays resident before its pages go back to the
 /// OS (0: at once). Applies to every `PerCidAlloc` of the process.
+///
+/// ```
+/// use percid::alloc::{purge_delay, set_purge_delay};
+/// use std::time::Duration;
+///
+/// set_purge_delay(Duration::from_millis(200));
+/// assert_eq!(purge_delay(), Duration::from_millis(200));
+/// ```
 pub fn set_purge_delay(delay: Duration) {
     DELAY_MS.store(
         delay.as_millis().min(u128::from(u32::MAX - 1)) as u32,
@@ -51,6 +59,15 @@ pub fn set_purge_delay(delay: Duration) {
 }
 
 /// The purge delay in force.
+///
+/// ```
+/// use percid::alloc::{DEFAULT_PURGE_DELAY, purge_delay};
+///
+/// // Unless set (here or by `PERCID_PURGE_DELAY_MS`), the default.
+/// if std::env::var_os("PERCID_PURGE_DELAY_MS").is_none() {
+///     assert_eq!(purge_delay(), DEFAULT_PURGE_DELAY);
+/// }
+/// ```
 pub fn purge_delay() -> Duration {
     Duration::from_millis(u64::from(delay_ms()))
 }

@@ -138,6 +138,21 @@ impl PerCidAlloc {
     /// with a message the first time it takes a slow path, rather than silently
     /// working in the other mode. [`PerCidAlloc::poisoning`] says which mode the heap
     /// runs in.
+    ///
+    /// ```
+    /// use percid::alloc::PerCidAlloc;
+    /// use std::alloc::{GlobalAlloc, Layout};
+    ///
+    /// static ALLOC: PerCidAlloc = PerCidAlloc::with_poisoning();
+    /// let layout = Layout::new::<[u8; 48]>();
+    /// // SAFETY: a non-zero size; freed once with its layout.
+    /// unsafe {
+    ///     let p = ALLOC.alloc(layout);
+    ///     p.write_bytes(7, 48);
+    ///     ALLOC.dealloc(p, layout);
+    /// }
+    /// assert_eq!(ALLOC.poisoning(), Some(true));
+    /// ```
     pub const fn with_poisoning() -> PerCidAlloc {
         PerCidAlloc { poison: true }
     }
@@ -168,6 +183,22 @@ impl PerCidAlloc {
     /// spans, and every wholly free span's pages go back to the OS now, whatever the
     /// purge delay. The heap does the same by itself over time (see the module docs);
     /// this is for a program that knows it just went idle.
+    ///
+    /// ```
+    /// use percid::alloc::PerCidAlloc;
+    /// use std::alloc::{GlobalAlloc, Layout};
+    ///
+    /// static ALLOC: PerCidAlloc = PerCidAlloc::new();
+    /// let layout = Layout::new::<[u8; 1000]>();
+    /// // SAFETY: non-zero sizes; every block is freed once with its layout.
+    /// let blocks: Vec<_> = (0..2000).map(|_| unsafe { ALLOC.alloc(layout) }).collect();
+    /// for p in blocks {
+    ///     unsafe { ALLOC.dealloc(p, layout) };
+    /// }
+    /// ALLOC.trim();
+    /// assert_eq!(ALLOC.dirty_bytes(), 0); // every free span went back
+    /// assert_eq!(ALLOC.cached_blocks(), 0);
+    /// ```
     pub fn trim(&self) {
         if !HEAP.ready() {
             return;

@@ -551,6 +551,16 @@ impl Arena {
     /// An arena sized for this process: as many index units as possible CPUs (the
     /// bound of `cpu_id` and `mm_cid`) and as many lanes. Reserves nothing until the
     /// first allocation.
+    ///
+    /// ```
+    /// use percid::cid::Arena;
+    ///
+    /// let arena: &'static Arena = Box::leak(Box::new(Arena::new()));
+    /// let words = arena.alloc(2).unwrap();
+    /// words.word(0).add(5);
+    /// words.word(1).add(7);
+    /// assert_eq!(words.word(0).sum() + words.word(1).sum(), 12);
+    /// ```
     pub fn new() -> Arena {
         let possible = process().possible_cpus;
         let sim = crate::rseq::simulated::default_cids();
@@ -558,6 +568,13 @@ impl Arena {
     }
 
     /// An arena for indexes below `cids` and `lanes` portable lanes (both at least 1).
+    ///
+    /// ```
+    /// use percid::cid::Arena;
+    ///
+    /// let arena = Arena::with_capacity(4, 2);
+    /// assert_eq!((arena.cid_capacity(), arena.lanes()), (4, 2));
+    /// ```
     pub fn with_capacity(cids: u32, lanes: u32) -> Arena {
         Arena::build(cids, lanes, 1, Placing::FirstTouch)
     }
@@ -580,6 +597,14 @@ impl Arena {
     /// `cids` and `lanes` lanes. Planes of nodes the machine lacks are placed by first
     /// touch (their binding fails and says why): tests run many-node layouts on a
     /// one-node machine this way.
+    ///
+    /// ```
+    /// use percid::cid::Arena;
+    ///
+    /// let arena = Arena::with_nodes(8, 8, 2);
+    /// assert!(arena.is_numa());
+    /// assert_eq!(arena.nodes(), 2);
+    /// ```
     pub fn with_nodes(cids: u32, lanes: u32, nodes: u32) -> Arena {
         Arena::build(cids, lanes, nodes.max(1), Placing::NodeBound)
     }
@@ -639,6 +664,19 @@ impl Arena {
 
     /// Allocates `len` zeroed words in every unit (every index and lane). Runs of up
     /// to 8 words never straddle a cache line.
+    ///
+    /// # Errors
+    /// [`StorageError::Empty`] for `len` 0, [`StorageError::TooLarge`] beyond
+    /// [`Arena::MAX_WORDS`], [`StorageError::Map`] when the address space of a new
+    /// chunk cannot be reserved.
+    ///
+    /// ```
+    /// use percid::cid::{Arena, StorageError};
+    ///
+    /// let arena = Arena::new();
+    /// assert_eq!(arena.alloc(3).unwrap().len(), 3);
+    /// assert!(matches!(arena.alloc(0), Err(StorageError::Empty)));
+    /// ```
     pub fn alloc(&self, len: usize) -> Result<Words<'_>, StorageError> {
         if len == 0 {
             return Err(StorageError::Empty);
@@ -704,6 +742,16 @@ impl Arena {
     }
 
     /// What the arena holds now.
+    ///
+    /// ```
+    /// use percid::cid::Arena;
+    ///
+    /// let arena = Arena::new();
+    /// assert_eq!(arena.stats().words_in_use, 0);
+    /// let words = arena.alloc(4).unwrap();
+    /// assert_eq!(arena.stats().words_in_use, 4);
+    /// drop(words);
+    /// ```
     pub fn stats(&self) -> StorageStats {
         let state = lock(&self.state);
         let mut stats = StorageStats {
@@ -728,6 +776,13 @@ impl Arena {
     }
 
     /// What each NUMA node (plane) holds now: one entry per plane, in node order.
+    ///
+    /// ```
+    /// use percid::cid::Arena;
+    ///
+    /// let arena = Arena::with_nodes(4, 4, 2);
+    /// assert_eq!(arena.node_stats().len(), 2);
+    /// ```
     pub fn node_stats(&self) -> Vec<NodeStorage> {
         let state = lock(&self.state);
         let mut nodes: Vec<NodeStorage> = (0..self.planes)
@@ -899,6 +954,15 @@ impl<'a> Words<'a> {
     }
 
     /// Word `i` of the run, or `None` past its end.
+    ///
+    /// ```
+    /// use percid::cid::Arena;
+    ///
+    /// let arena = Arena::new();
+    /// let words = arena.alloc(2).unwrap();
+    /// assert!(words.get(1).is_some());
+    /// assert!(words.get(2).is_none());
+    /// ```
     #[inline]
     pub fn get(&self, i: usize) -> Option<Word<'_>> {
         (i < self.len as usize).then(|| Word {
@@ -917,6 +981,15 @@ impl<'a> Words<'a> {
     }
 
     /// The run's first word (a run is never empty).
+    ///
+    /// ```
+    /// use percid::cid::Arena;
+    ///
+    /// let arena = Arena::new();
+    /// let words = arena.alloc(1).unwrap();
+    /// words.first().add(3);
+    /// assert_eq!(words.first().sum(), 3);
+    /// ```
     #[inline(always)]
     pub fn first(&self) -> Word<'_> {
         Word {

@@ -98,7 +98,14 @@ fn registered() -> Result<(), MembarrierError> {
     }
 }
 
-/// Whether [`fence_rseq`] works here.
+/// Whether [`fence_rseq`] works here (registers the process for it on first call).
+///
+/// ```
+/// // Under valgrind or on kernels before 5.10 it may not.
+/// if percid::rseq::fence_available() {
+///     percid::rseq::fence_rseq().unwrap();
+/// }
+/// ```
 pub fn fence_available() -> bool {
     registered().is_ok()
 }
@@ -106,6 +113,18 @@ pub fn fence_available() -> bool {
 /// Aborts every rseq critical section running in this process, on every CPU, and
 /// returns once they are all out of their sections. Costs an IPI per CPU running a
 /// thread of the process (tens of microseconds): slow-path use only.
+///
+/// # Errors
+/// [`MembarrierError::Unsupported`] when the kernel has no
+/// `MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ` (before 5.10, or under valgrind), and
+/// [`MembarrierError::Os`] when the registration or the fence itself fails.
+///
+/// ```
+/// match percid::rseq::fence_rseq() {
+///     Ok(()) => {} // every section that was running has committed or aborted
+///     Err(e) => eprintln!("no rseq fence here: {e}"),
+/// }
+/// ```
 pub fn fence_rseq() -> Result<(), MembarrierError> {
     registered()?;
     membarrier(cmd::CMD_PRIVATE_EXPEDITED_RSEQ).map_err(MembarrierError::Os)?;
