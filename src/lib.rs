@@ -40,14 +40,67 @@
 //! * Backends are chosen per thread: the **rseq** backend where the thread has a
 //!   registered area (glibc's, or one this crate registers), the **portable** backend
 //!   (atomics on per-CPU *lanes*) where it has none (valgrind, seccomp, old kernels,
-//!   `PERCID_BACKEND=portable`). Index units are only written by critical sections,
-//!   lanes only by atomics or under a lane lock: the two never race on one word.
+//!   `PERCID_BACKEND=portable`). A word of an index unit is updated by critical
+//!   sections; outside a section it is written only in ways no section's commit
+//!   can race with (see [`cid`], "One discipline per word"): by an owner, with a
+//!   value every section on the word fails on (a held `PerCid` lock, a drain
+//!   token), after an rseq fence proved no section that read the old value can
+//!   still commit (list heads swapped by a drain, visitors' lock tokens), or while
+//!   no section can address it (a freed allocation being zeroed). Words the
+//!   sections only read (ring buffers' addresses, heads) or never touch (carried
+//!   totals, unit headers) are plain atomics. Lanes are written only by atomics or
+//!   under a lane lock, never by a section: no word mixes a non-atomic commit with
+//!   a racing atomic update.
 //! * A section reads its index *inside* the section, so a preemption or migration
 //!   between reading the index and committing aborts it; nothing is visible before
 //!   the single committing store.
 //! * The crate writes only the `rseq_cs` field of the rseq area, never the ids.
 //! * Every section retries a bounded number of times, then uses the lane: nothing
 //!   spins forever, even on a thread whose registration is lost.
+//!
+//! # Signal handlers
+//!
+//! A signal aborts the critical section it interrupts (the kernel sends the thread
+//! to the section's abort handler, which retries), and a section run inside the
+//! handler commits normally: sections nest. What is not async-signal-safe is
+//! everything around them that can wait for the interrupted thread itself: a lazy
+//! initialisation (`OnceLock`), a mutex, a spin lock, the allocator. The operations
+//! below never do, under two conditions:
+//!
+//! 1. **The structure's storage exists.** A `const` [`Counter`] allocates its
+//!    per-cid words on first use: build it with [`CounterBuilder::build`], or call
+//!    `add(0)` once outside any handler, before the handler can run. Either also
+//!    reads the process's rseq facts (once per process; a thread's first operation
+//!    needs them), except [`CounterBuilder::build`] on an arena of your own
+//!    ([`CounterBuilder::arena`]): then run any percid operation first.
+//! 2. **The thread's backend is resolved**, or resolving it is safe. A thread's
+//!    first operation finds its rseq registration. That is async-signal-safe where
+//!    glibc registered rseq ([`rseq::Owner::Glibc`], glibc >= 2.35) or a backend is
+//!    forced (`PERCID_BACKEND`): it only reads the thread pointer and sets
+//!    thread-locals, idempotently. It is **not** where percid registers rseq itself
+//!    (`GLIBC_TUNABLES=glibc.pthread.rseq=0`, glibc < 2.35, musl): the registration
+//!    installs a thread-local destructor, which allocates. There, run any percid
+//!    operation on the thread outside a handler first (e.g. [`current_cid`]).
+//!
+//! | operation | async-signal-safe |
+//! |---|---|
+//! | [`Counter::add`], [`Counter::inc`], [`SignedCounter::add`], [`SignedCounter::sub`] | yes, under 1 and 2, on every backend |
+//! | [`Counter::sum`], [`Counter::take`], [`Counter::approx`], [`Counter::compare`], [`SignedCounter::sum`], [`SignedCounter::take`] | yes (loads and compare-and-swap loops; before the storage exists they read 0) |
+//! | [`current_cpu`], [`current_cid`], [`current_node`] | yes, under 2 |
+//! | [`cid::Word::add`] on a word of a plain arena | yes, under 2 |
+//! | [`NumaCounter`], [`cid::Word::add_on_node`] | no: a node's first use reserves its plane under a lock |
+//! | [`PerCid`] | no: a per-cid lock the interrupted thread may hold |
+//! | [`Pool`], [`PoolBox`] drop, [`alloc::PerCidAlloc`] | no: depot mutexes, slab growth, lane spin locks |
+//! | [`ring`] senders and receivers | no: lane spin locks, wakers, buffer allocation |
+//! | [`cid::Word`] list, compare-and-store and foreign operations | no: lane and commit spin locks |
+//!
+//! Why the adds hold on each backend: on the rseq backend an add is a section, and
+//! when its sections keep aborting it takes its lane with an atomic `fetch_add`; on
+//! the portable backend it is that atomic `fetch_add`, with no lock; on the
+//! simulated backend a section takes its cid's commit lock, so an add that a
+//! handler starts while its thread is inside a simulated or lane-locked region
+//! takes the lane's atomic `fetch_add` instead (a thread-local depth marks those
+//! regions). The readers sum the lanes with the cids, so nothing is lost.
 //!
 //! # Environment
 //!
@@ -60,6 +113,7 @@
 //! | `GLIBC_TUNABLES=glibc.pthread.rseq=0` | glibc does not register: percid registers itself |
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 // Under loom the rseq backend (registration, asm) is compiled but never selected.
 #![cfg_attr(loom, allow(dead_code, unused_imports))]
@@ -74,6 +128,7 @@ pub mod rseq;
 pub(crate) mod sync;
 
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
 pub use counter::{Counter, CounterBuilder, NumaCounter, PerCid, SignedCounter};

@@ -193,3 +193,62 @@ fn fork_gate_excludes_regions() {
         region.join().unwrap();
     });
 }
+
+/// The fence skip of `Word::foreign_compare_store`, `foreign_compare_store_many` and
+/// `quiesce` (`cid/ops.rs`, `fence_skippable`) is Dekker's protocol: a registering
+/// thread publishes "I may run rseq sections" (`RSEQ_SEEN`) before its first
+/// section, whose load of a word is an `asm!` (relaxed) load; a foreign thread swaps
+/// the word, then reads the flag and skips the rseq fence when it is false. Safe
+/// means: never both "the foreign side skipped" and "the section read the old
+/// value" (it would then commit over the foreign side's token).
+mod rseq_seen {
+    use loom::sync::Arc;
+    use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering::*, fence};
+    use loom::thread;
+
+    const OLD: u64 = 1;
+    const TOKEN: u64 = 2;
+
+    /// One run: `registering_fence` says whether the registering thread issues a
+    /// SeqCst fence between its flag store and its first section.
+    fn run(registering_fence: bool) {
+        let seen = Arc::new(AtomicBool::new(false));
+        let word = Arc::new(AtomicU64::new(OLD));
+        let t = {
+            let (seen, word) = (seen.clone(), word.clone());
+            thread::spawn(move || {
+                seen.store(true, SeqCst);
+                if registering_fence {
+                    fence(SeqCst);
+                }
+                // The section's load.
+                word.load(Relaxed)
+            })
+        };
+        // The foreign side: the swap, its fence, the flag.
+        let swapped = word.compare_exchange(OLD, TOKEN, SeqCst, Acquire).is_ok();
+        fence(SeqCst);
+        let skipped = !seen.load(SeqCst);
+        let section_read = t.join().unwrap();
+        assert!(swapped);
+        assert!(
+            !(skipped && section_read == OLD),
+            "the fence was skipped while a section read the old value"
+        );
+    }
+
+    /// With a SeqCst fence on both sides the skip is sound by the memory model.
+    #[test]
+    fn rseq_seen_flag_with_fences_on_both_sides() {
+        loom::model(|| run(true));
+    }
+
+    /// Without the registering thread's fence it is not (its store and its later
+    /// load may be reordered: aarch64 does), which is why `fence_skippable` only
+    /// skips on x86-64 until the registration issues that fence.
+    #[test]
+    #[should_panic(expected = "the fence was skipped")]
+    fn rseq_seen_flag_without_the_registering_fence_races() {
+        loom::model(|| run(false));
+    }
+}

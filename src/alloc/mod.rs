@@ -95,6 +95,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::Ordering;
 
 #[cfg(feature = "allocator-api2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "allocator-api2")))]
 pub use allocator_api2;
 
 /// A small-object allocator on per-cid caches (see the [module docs](self)).
@@ -439,6 +440,7 @@ unsafe impl GlobalAlloc for PerCidAlloc {
 // layout, owned by the caller until `deallocate`; zero-size requests get a dangling,
 // aligned pointer that is never dereferenced or freed.
 #[cfg(feature = "allocator-api2")]
+#[cfg_attr(docsrs, doc(cfg(feature = "allocator-api2")))]
 unsafe impl allocator_api2::alloc::Allocator for PerCidAlloc {
     fn allocate(
         &self,

@@ -115,6 +115,15 @@ pub(crate) const DIR_LIMIT: usize = 24;
 /// log2 of a directory slot's size.
 pub(crate) const DIR_SLOT_SHIFT: u32 = 4;
 
+// The asm reads the directory at these offsets: they must match the layout.
+#[cfg(not(loom))]
+const _: () = {
+    assert!(std::mem::offset_of!(PlaneSlot, base) == 0);
+    assert!(DIR_PLANES == std::mem::offset_of!(PlaneSlot, limit));
+    assert!(DIR_BASE == (1 << DIR_SLOT_SHIFT) + std::mem::offset_of!(PlaneSlot, base));
+    assert!(DIR_LIMIT == (1 << DIR_SLOT_SHIFT) + std::mem::offset_of!(PlaneSlot, limit));
+};
+
 /// How a chunk's planes are placed in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Placing {

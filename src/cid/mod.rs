@@ -40,11 +40,32 @@
 //!
 //! # One discipline per word
 //!
-//! Index units are written only by critical sections (rseq commits, or the simulated
-//! backend's commits) and by owners releasing what a section gave them. Lanes are
-//! written only by the portable backend, with atomic read-modify-writes or under the
-//! lane's lock (its unit's first word). A thread without rseq therefore never races a
-//! non-atomic commit with an atomic update of the same word.
+//! A section commits with a plain store (or one `add [mem]`) computed from what it
+//! read; an atomic write to the same word between its read and its commit would be
+//! lost, and the section's commit with it would not be seen as a conflict. So a
+//! word of an index unit is written:
+//!
+//! * **by critical sections** (rseq commits, or the simulated backend's commits
+//!   under the cid's commit lock): adds, list pushes and pops, ring tails;
+//! * **outside a section, only when no section can commit over it.** That is one of:
+//!   - the writer *owns* the word's current value and every section on the word
+//!     fails on that value: a `PerCid` lock word holding `LOCKED` or a visitor's
+//!     token is released with an atomic store by its holder (the
+//!     `load_cbne_store` that takes it expects 0); a list head holding
+//!     `list::DRAIN_TOKEN` is reset to 0 by its drainer;
+//!   - the value was put there by [`Word::foreign_compare_store`], whose
+//!     compare-and-swap is followed by an rseq fence: every section that read the
+//!     old value has committed (which the check after the fence sees) or aborted;
+//!   - no section can address the word: an allocation being zeroed when it is
+//!     freed, or made, before any structure holds it;
+//! * **with atomics only, by design, where sections only read** (a ring's buffer
+//!   address, installed by compare-and-swap; its head, moved by the consumer; a
+//!   channel's gate) **or never touch** (a counter's carried total, the unit
+//!   header's generation and lock).
+//!
+//! Lanes are never written by a section: only by atomic read-modify-writes or under
+//! the lane's lock (its unit's first word). A thread without rseq therefore never
+//! races a non-atomic commit with an atomic update of the same word.
 
 mod arena;
 pub(crate) mod fork;

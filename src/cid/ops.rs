@@ -7,6 +7,19 @@
 //! * **portable**, and any thread whose sections keep aborting or whose index is out
 //!   of range: the same pseudocode on the thread's CPU lane, under the lane's lock
 //!   (or a plain atomic read-modify-write where one instruction does the job).
+//!
+//! # Signal handlers
+//!
+//! The lane locks and the simulated backend's commit locks are spin locks. A signal
+//! handler that interrupts its thread while it holds one, and then runs an operation
+//! that needs the same lock, would spin forever: the holder is the thread the
+//! handler runs on. So every such region is marked in a thread-local depth
+//! ([`LockedRegion`]); an operation that starts inside a marked region (it can only
+//! be a handler's, nested in it) skips the simulated section and takes the lane's
+//! atomic twin instead of its lock. Operations with an atomic twin (`add`,
+//! `add_on_node`) therefore never wait for their own thread; the others (lists,
+//! compare-and-store, payloads) have none and are not async-signal-safe on the
+//! portable and simulated backends (see the crate docs, "Signal handlers").
 
 use super::arena::{Chunk, HEADER_GENERATION, HEADER_LOCK, Unit, Word, Words};
 use crate::rseq::arch::{self, PayloadArgs, SectionSite, SectionStatus};
@@ -23,6 +36,81 @@ use crate::sync::{AtomicU64, Ordering};
 /// is being hammered; the bound keeps a thread that cannot finish a section (never
 /// registered, say) from spinning forever.
 const MAX_ABORTS: u32 = if cfg!(loom) { 2 } else { 64 };
+
+#[cfg(not(loom))]
+thread_local! {
+    /// How many spin-locked regions (a simulated section, a locked lane section, a
+    /// foreign store or quiesce under a lock) the calling thread is inside. `const`,
+    /// `Copy` and without a destructor: reading it is one thread-pointer-relative
+    /// load, safe in a signal handler, at thread start and exit.
+    static LOCKED_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as inside a spin-locked region while it lives (see the
+/// module docs, "Signal handlers"): an operation a signal handler runs meanwhile on
+/// this thread keeps off the locks. Under loom, model threads share the OS thread's
+/// thread-locals and there are no signals: it marks nothing.
+struct LockedRegion;
+
+impl LockedRegion {
+    #[inline(always)]
+    fn enter() -> LockedRegion {
+        #[cfg(not(loom))]
+        LOCKED_DEPTH.set(LOCKED_DEPTH.get() + 1);
+        LockedRegion
+    }
+
+    /// Whether the calling thread is inside a region: true only in a signal handler
+    /// that interrupted one.
+    #[cfg(not(loom))]
+    #[inline(always)]
+    fn nested() -> bool {
+        LOCKED_DEPTH.get() != 0
+    }
+
+    #[cfg(loom)]
+    fn nested() -> bool {
+        false
+    }
+}
+
+impl Drop for LockedRegion {
+    #[inline(always)]
+    fn drop(&mut self) {
+        #[cfg(not(loom))]
+        LOCKED_DEPTH.set(LOCKED_DEPTH.get() - 1);
+    }
+}
+
+/// Whether a foreign caller that has just swapped a word with a sequentially
+/// consistent read-modify-write may skip the rseq fence: true when no thread of
+/// the process has ever been on the rseq backend, so no section can have read the
+/// old value.
+///
+/// The protocol is Dekker's. The registering thread T stores `RSEQ_SEEN = true`
+/// (SeqCst) before its first section; that section's load of the word is an `asm!`
+/// load, i.e. a relaxed one. The foreign thread F swaps the word (SeqCst RMW),
+/// issues `fence(SeqCst)`, and reads the flag. By the Rust (C++20) model, "F reads
+/// false and T's section reads the old value" is impossible only if T also has a
+/// SeqCst fence between its store of the flag and its section's load: then the
+/// order S would need T's fence before F's swap (T's load is coherence-ordered
+/// before the swap), F's swap before F's load of the flag, that load before T's
+/// store of the flag (it read false), and T's store before T's fence: a cycle.
+/// Without T's fence nothing orders T's store before its own later load, and a
+/// weakly ordered CPU (aarch64: `stlr` then a plain `ldr`) does reorder them.
+///
+/// The registration (`rseq/registration.rs`, `resolve_thread`) stores the flag
+/// with SeqCst and then issues `fence(SeqCst)`: T's fence. So the skip is sound by
+/// the memory model on every architecture, not only on x86-64 (where the SeqCst
+/// store is a full barrier anyway); `tests/loom.rs`, `rseq_seen_flag_*`, models
+/// both sides, and finds the race without T's fence.
+#[inline]
+fn fence_skippable() -> bool {
+    // F's fence: orders the swap before the flag read even for a caller whose swap
+    // is weaker than SeqCst; the registration fences after setting the flag.
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    !any_rseq_thread()
+}
 
 /// Which shard an operation ran on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -129,12 +217,14 @@ fn run<T>(
                 }
             }
         }
-        ThreadBackend::Simulated => {
+        // A handler that interrupted this thread inside a simulated section (which
+        // takes its cid's commit lock) keeps off that lock: the lane's atomic twin.
+        ThreadBackend::Simulated if !LockedRegion::nested() => {
             if let Some(done) = run_simulated(chunk, plane, &mut spec) {
                 return done;
             }
         }
-        ThreadBackend::Portable => {}
+        ThreadBackend::Simulated | ThreadBackend::Portable => {}
     }
     run_on_lane(chunk, &mut spec, lane)
 }
@@ -157,6 +247,8 @@ fn run_simulated<T>(
     // Each (node, cid) unit has its own generation and lock: the simulation holds
     // whatever node a test injects.
     let unit = chunk.cid_unit(node, cid);
+    // Every step of the section takes the cid's commit lock.
+    let _region = LockedRegion::enter();
     for _ in 0..MAX_ABORTS {
         let mut section = SimSection::begin(unit.word(HEADER_GENERATION), unit.word(HEADER_LOCK));
         if let Ok(value) = spec(&mut section, unit) {
@@ -179,9 +271,11 @@ fn run_on_lane<T>(
         return (atomic(unit), Shard::Lane(lane_id));
     }
     let lock = unit.word(HEADER_LOCK);
+    let region = LockedRegion::enter();
     simulated::lock_word(lock);
     let result = spec(&mut Locked, unit);
     simulated::unlock_word(lock);
+    drop(region);
     match result {
         Ok(value) => (value, Shard::Lane(lane_id)),
         // `Locked` never aborts.
@@ -498,6 +592,10 @@ impl<'a> Word<'a> {
 
     /// `load_add_store`: adds `v` (wrapping) to the caller's shard of the word, with
     /// no atomic read-modify-write on the rseq backend.
+    ///
+    /// Async-signal-safe on every backend once the thread's backend is resolved
+    /// (see the crate docs, "Signal handlers"): it never takes a lock its own
+    /// thread may hold, and allocates nothing.
     #[inline(always)]
     #[allow(clippy::should_implement_trait)] // `Word + u64` would read as arithmetic, not an update
     pub fn add(self, v: u64) -> Shard {
@@ -602,6 +700,9 @@ impl<'a> Word<'a> {
 
     /// `load_cbne_store`: on the caller's shard, replaces `expect` by `new`. Returns
     /// the shard on success, the value seen otherwise.
+    ///
+    /// # Errors
+    /// `Err(seen)` when the caller's shard held `seen`, not `expect`.
     #[inline(always)]
     pub fn compare_store(self, expect: u64, new: u64) -> Result<Shard, u64> {
         if let Some(cpu) = self.rseq_cpu() {
@@ -697,6 +798,10 @@ impl<'a> Word<'a> {
     /// # Safety
     /// `node` is an 8-byte aligned, writable word below 2^48 that the caller owns and
     /// gives to the list; the contract of [`Word::list_pop`] holds.
+    ///
+    /// # Errors
+    /// [`ListFull`] when the caller's list already holds `max_len` nodes (or a
+    /// drainer's token): the node stays the caller's.
     #[inline(always)]
     pub unsafe fn list_push(self, node: usize, max_len: u16) -> Result<Shard, ListFull> {
         debug_assert!(
@@ -799,6 +904,9 @@ impl Word<'_> {
     /// of its own relinks it).
     ///
     /// # Safety
+    /// As for [`Word::list_push`].
+    ///
+    /// # Errors
     /// As for [`Word::list_push`].
     #[inline(always)]
     pub unsafe fn list_push_on_node(self, node: usize, max_len: u16) -> Result<Shard, ListFull> {
@@ -1162,6 +1270,11 @@ impl<'a> Word<'a> {
     /// Only for words whose every section fails on seeing `new` (compare-and-store
     /// locks, list heads holding a token): an `add` cannot fail, so a foreign store
     /// on an add word would be silently changed by the next add.
+    ///
+    /// # Errors
+    /// [`ForeignError::NoSuchShard`] for a shard that is not materialised,
+    /// [`ForeignError::Fence`] when the kernel refuses the rseq fence (the old value
+    /// is then put back unless a section already overwrote `new`).
     pub fn foreign_compare_store(
         self,
         shard: Shard,
@@ -1173,6 +1286,7 @@ impl<'a> Word<'a> {
         };
         let chunk = self.chunk;
         let locked = |lock: &AtomicU64, generation: Option<&AtomicU64>| {
+            let _region = LockedRegion::enter();
             simulated::lock_word(lock);
             if let Some(generation) = generation {
                 generation.fetch_add(1, Ordering::Relaxed);
@@ -1212,7 +1326,7 @@ impl<'a> Word<'a> {
                 {
                     return Ok(Err(seen));
                 }
-                if !any_rseq_thread() {
+                if fence_skippable() {
                     return Ok(Ok(()));
                 }
                 if let Err(e) = fence_rseq() {
@@ -1258,7 +1372,7 @@ impl<'a> Word<'a> {
         if swapped.is_empty() {
             return;
         }
-        if any_rseq_thread() && fence_rseq().is_err() {
+        if !fence_skippable() && fence_rseq().is_err() {
             for &i in &swapped {
                 let (word, shard, expect) = items[i];
                 if let Some(w) = word.at(shard) {
@@ -1293,6 +1407,7 @@ impl<'a> Word<'a> {
     /// rseq cids may then still be running with the old view.
     pub(crate) fn quiesce(self) -> Result<(), ForeignError> {
         let chunk = self.chunk;
+        let _region = LockedRegion::enter();
         for lane in 0..chunk.lane_count() {
             let lock = chunk.lane_unit(lane).word(HEADER_LOCK);
             simulated::lock_word(lock);
@@ -1311,7 +1426,8 @@ impl<'a> Word<'a> {
                 Ok(())
             }
             Some((Backend::Portable, _)) => Ok(()),
-            _ if !any_rseq_thread() => Ok(()),
+            // The caller's flag store is ordered by `fence_skippable`'s fence.
+            _ if fence_skippable() => Ok(()),
             _ => fence_rseq().map_err(ForeignError::Fence),
         }
     }

@@ -23,13 +23,25 @@
 //! snapshot: adds that run concurrently with it may or may not be included (each is
 //! included once it has returned, before `sum` starts).
 //!
+//! # Signal handlers
+//!
+//! [`Counter::add`], [`Counter::inc`], [`SignedCounter::add`] and
+//! [`SignedCounter::sub`] are async-signal-safe once the counter's storage exists
+//! (built with [`CounterBuilder::build`], or one `add(0)` outside any handler) and
+//! the thread's backend can be resolved safely (see the crate docs, "Signal
+//! handlers"); the reads (`sum`, `take`, `approx`, `compare`) always are.
+//! [`PerCid`] is not (a handler can interrupt its own thread holding the shard's
+//! lock), nor is [`NumaCounter`] (a node's first use reserves its plane under a
+//! lock).
+//!
 //! # Overflow
 //!
 //! Counters wrap (two's complement), in every shard and in the sum, in debug and
 //! release builds alike: nothing panics.
 
 #[cfg(feature = "metrics")]
-mod metrics;
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod per_cid;
 
 pub use per_cid::PerCid;
@@ -324,7 +336,8 @@ impl Shards {
 }
 
 /// A `u64` counter sharded by cid: a drop-in for `AtomicU64` used with
-/// `fetch_add(n, Relaxed)` and `load`.
+/// `fetch_add(n, Relaxed)` and `load`. Usable from signal handlers once its
+/// storage exists (see [`Counter::add`]).
 ///
 /// ```
 /// use percid::Counter;
@@ -362,12 +375,16 @@ impl Counter {
     }
 
     /// Adds `n` (wrapping) on the caller's cid: one rseq critical section.
+    ///
+    /// Async-signal-safe once the counter's storage exists (the first call, or
+    /// [`CounterBuilder::build`], allocates it) and the thread's backend is resolved:
+    /// see the crate docs, "Signal handlers".
     #[inline]
     pub fn add(&self, n: u64) {
         self.shards.add(n);
     }
 
-    /// Adds one.
+    /// Adds one. Async-signal-safe as [`Counter::add`].
     #[inline]
     pub fn inc(&self) {
         self.shards.add(1);
@@ -436,6 +453,9 @@ impl CounterBuilder {
     }
 
     /// A counter with its per-cid storage allocated now.
+    ///
+    /// # Errors
+    /// [`StorageError`] when the arena cannot allocate the per-cid words.
     pub fn build(self) -> Result<Counter, StorageError> {
         let arena = self.arena.unwrap_or_else(cid::global);
         Ok(Counter {
@@ -445,6 +465,9 @@ impl CounterBuilder {
 
     /// A gauge with its per-cid storage allocated now (the batch is not used:
     /// gauges have no approximate read).
+    ///
+    /// # Errors
+    /// [`StorageError`] when the arena cannot allocate the per-cid words.
     pub fn build_signed(self) -> Result<SignedCounter, StorageError> {
         let arena = self.arena.unwrap_or_else(cid::global);
         Ok(SignedCounter {
@@ -477,13 +500,15 @@ impl SignedCounter {
         }
     }
 
-    /// Adds `n` (wrapping) on the caller's cid.
+    /// Adds `n` (wrapping) on the caller's cid. Async-signal-safe as
+    /// [`Counter::add`].
     #[inline]
     pub fn add(&self, n: i64) {
         self.shards.add(n as u64);
     }
 
-    /// Subtracts `n` (wrapping) on the caller's cid.
+    /// Subtracts `n` (wrapping) on the caller's cid. Async-signal-safe as
+    /// [`Counter::add`].
     #[inline]
     pub fn sub(&self, n: i64) {
         self.shards.add(n.wrapping_neg() as u64);

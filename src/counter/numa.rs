@@ -59,6 +59,9 @@ impl NumaCounter {
     /// A counter allocated now in `arena` (one made with [`Arena::with_nodes`] runs
     /// many-node layouts on any machine), whose lanes map to nodes by `topology`
     /// (`None`: the machine's).
+    ///
+    /// # Errors
+    /// [`StorageError`] when the arena cannot allocate the counter's words.
     pub fn new_in(
         arena: &'static Arena,
         topology: Option<&'static Topology>,

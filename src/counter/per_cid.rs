@@ -93,11 +93,29 @@ impl Drop for Unlock<'_> {
 
 impl<T, F: Fn() -> T> PerCid<T, F> {
     /// A `PerCid` whose values are created by `init` on first use of each cid.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError`] when the process-wide arena cannot give the lock word (its
+    /// reservation failed: [`StorageError::Map`] with the `mmap` errno).
     pub fn new(init: F) -> Result<Self, StorageError> {
         Self::new_in(cid::global(), init)
     }
 
     /// A `PerCid` whose lock words come from `arena` (a dedicated arena; loom models).
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError`] when `arena` cannot give the lock word (its reservation
+    /// failed: [`StorageError::Map`] with the `mmap` errno).
+    ///
+    /// ```
+    /// use percid::cid::Arena;
+    ///
+    /// let arena: &'static Arena = Box::leak(Box::new(Arena::new()));
+    /// let counts = percid::PerCid::new_in(arena, || 0u64).unwrap();
+    /// counts.with(|n| *n += 1);
+    /// ```
     pub fn new_in(arena: &'static Arena, init: F) -> Result<Self, StorageError> {
         let lock = arena.alloc(1)?;
         let units = arena.cid_capacity() as usize + arena.lanes() as usize;
@@ -153,6 +171,31 @@ impl<T, F: Fn() -> T> PerCid<T, F> {
     /// `PerCid`: each shard's lock is taken from here in turn (on the rseq backend an
     /// rseq fence per shard, tens of microseconds: for occasional statistics and
     /// maintenance, not for hot paths).
+    ///
+    /// # Errors
+    ///
+    /// [`MembarrierError`] when the rseq fence that takes a cid's lock from this
+    /// thread fails ([`MembarrierError::Unsupported`]: a kernel without
+    /// `MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ`). The visit stops there: the values
+    /// visited before were visited once, the others not at all.
+    ///
+    /// # Panics
+    ///
+    /// When `f` panics; the shard it was visiting is unlocked first.
+    ///
+    /// ```
+    /// let hits = percid::PerCid::new(|| 0u64).unwrap();
+    /// std::thread::scope(|s| {
+    ///     for _ in 0..4 {
+    ///         s.spawn(|| hits.with(|n| *n += 10));
+    ///     }
+    /// });
+    /// let mut total = 0;
+    /// match hits.for_each(|n| total += *n) {
+    ///     Ok(()) => assert_eq!(total, 40), // however many cids the threads ran on
+    ///     Err(e) => eprintln!("no rseq fence on this kernel: {e}"),
+    /// }
+    /// ```
     pub fn for_each(&self, mut f: impl FnMut(&mut T)) -> Result<(), MembarrierError> {
         // A fork waits for the visit (see the module's docs).
         let _fork = crate::cid::fork::hold();
@@ -191,6 +234,15 @@ impl<T, F: Fn() -> T> PerCid<T, F> {
 
 impl<T, F> PerCid<T, F> {
     /// Every value created so far, exclusively (no other thread can hold a lock).
+    ///
+    /// ```
+    /// let mut buffers = percid::PerCid::new(Vec::<u8>::new).unwrap();
+    /// buffers.with(|b| b.push(1));
+    /// for b in buffers.iter_mut() {
+    ///     b.clear();
+    /// }
+    /// assert!(buffers.into_iter().all(|b| b.is_empty()));
+    /// ```
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
         self.values
             .iter_mut()

@@ -35,6 +35,14 @@ mod abi {
 pub(crate) const BIND_ENV: &str = "PERCID_NUMA_BIND";
 
 /// How a plane of node-local memory was placed.
+///
+/// ```
+/// use percid::numa::Binding;
+///
+/// for binding in [Binding::Strict, Binding::FirstTouch, Binding::Failed("no hwloc".into())] {
+///     println!("plane: {binding}"); // e.g. "bound to its node (MPOL_BIND)"
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Binding {
     /// Bound to its node (`MPOL_BIND`): every page it faults in comes from that
@@ -175,6 +183,18 @@ pub fn pages_on(ptr: *const u8, len: usize) -> io::Result<Vec<i32>> {
 }
 
 /// Where the pages of a range are: the result of [`placement`].
+///
+/// ```
+/// let buf = vec![1u8; 1 << 16]; // written: its pages are present
+/// match percid::numa::placement(buf.as_ptr(), buf.len()) {
+///     Ok(p) => {
+///         assert!(p.present() >= 1);
+///         println!("node 0 holds {} pages, {} absent", p.on(0), p.absent);
+///     }
+///     // A kernel without NUMA support (ENOSYS), or seccomp.
+///     Err(e) => eprintln!("move_pages: {e}"),
+/// }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Placement {
     /// Present pages per node id.

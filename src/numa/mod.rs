@@ -73,6 +73,7 @@ mod sysfs;
 mod topology;
 
 #[cfg(feature = "numa")]
+#[cfg_attr(docsrs, doc(cfg(feature = "numa")))]
 pub use hwloc::hwloc_binding_of;
 pub use memory::{Binding, Placement, pages_on, placement};
 pub use topology::{Node, Topology, TopologyError, TopologySource};
@@ -80,6 +81,15 @@ pub use topology::{Node, Topology, TopologyError, TopologySource};
 /// The machine's topology, discovered on the first call ([`Topology::system`]): hwloc
 /// with feature `numa`, else sysfs; one node with every possible CPU as the last
 /// resort. Never fails.
+///
+/// ```
+/// let topology = percid::numa::topology();
+/// for node in topology.nodes() {
+///     println!("node {}: cpus {:?}", node.id, node.cpus);
+/// }
+/// // The node of the CPU this thread runs on (a CPU no node lists gives `None`).
+/// let _node = topology.node_of_cpu(percid::current_cpu());
+/// ```
 pub fn topology() -> &'static Topology {
     // Never waited for (see `cid::fork::Lazy`): a child forked while another thread
     // of the parent was discovering discovers again.

@@ -17,6 +17,13 @@ pub(crate) const REMOTE_DISTANCE: u32 = 20;
 const NO_NODE: u32 = u32::MAX;
 
 /// A NUMA node.
+///
+/// ```
+/// let topology = percid::numa::Topology::uniform(2, 4)?;
+/// let node = topology.node(1).expect("node 1");
+/// assert_eq!((node.id, node.cpus.as_slice(), node.has_memory), (1, &[4, 5, 6, 7][..], true));
+/// # Ok::<(), percid::numa::TopologyError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
     /// The node's id: the kernel's node number (rseq `node_id`, `nodeN` in sysfs,
@@ -30,6 +37,15 @@ pub struct Node {
 }
 
 /// Where a [`Topology`] came from.
+///
+/// ```
+/// use percid::numa::{Topology, TopologySource};
+///
+/// assert_eq!(Topology::uniform(2, 1)?.source(), TopologySource::Uniform);
+/// // This machine's: hwloc (feature `numa`), sysfs, or the single-node fallback.
+/// println!("topology from {}", percid::numa::topology().source());
+/// # Ok::<(), percid::numa::TopologyError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TopologySource {
     /// hwloc's discovery of this machine (feature `numa`).
@@ -58,6 +74,15 @@ impl fmt::Display for TopologySource {
 }
 
 /// Why a topology could not be built.
+///
+/// ```
+/// use percid::numa::{Topology, TopologyError};
+///
+/// assert_eq!(Topology::uniform(0, 4), Err(TopologyError::NoNodes));
+/// let err = Topology::uniform(2048, 1).unwrap_err();
+/// assert!(matches!(err, TopologyError::TooManyNodes { nodes: 2048, max: 1024 }));
+/// println!("{err}");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TopologyError {
@@ -105,6 +130,21 @@ impl std::error::Error for TopologyError {}
 ///
 /// [`crate::numa::topology()`] is this machine's, discovered once; the constructors here
 /// build others (tests run many-node layouts on one-node machines with them).
+///
+/// ```
+/// use percid::numa::Topology;
+///
+/// // This machine's (at least one node, whatever the machine).
+/// let here = percid::numa::topology();
+/// assert!(here.node_count() >= 1 && here.is_system());
+///
+/// // A made-up two-node layout: CPUs 0-1 on node 0, 2-3 on node 1.
+/// let two = Topology::uniform(2, 2)?;
+/// assert_eq!(two.node_of_cpu(3), Some(1));
+/// assert_eq!(two.distance(0, 1), Some(20));
+/// assert_eq!(two.distances(), Some(&[10, 20, 20, 10][..]));
+/// # Ok::<(), percid::numa::TopologyError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Topology {
     /// Sorted by id.
@@ -185,7 +225,15 @@ impl Topology {
     ///
     /// [`TopologyError::Hwloc`] when hwloc rejects the description, the other
     /// variants when the layout exceeds the limits of [`Topology::uniform`].
+    ///
+    /// ```
+    /// let t = percid::numa::Topology::from_hwloc_synthetic("pack:2 [numa] core:2 pu:1")?;
+    /// assert_eq!(t.node_count(), 2);
+    /// assert_eq!(t.node_of_cpu(2), Some(1));
+    /// # Ok::<(), percid::numa::TopologyError>(())
+    /// ```
     #[cfg(feature = "numa")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "numa")))]
     pub fn from_hwloc_synthetic(description: &str) -> Result<Topology, TopologyError> {
         super::hwloc::synthetic(description)
     }

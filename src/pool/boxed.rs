@@ -5,6 +5,19 @@ use super::*;
 /// An object of a [`Pool`]: derefs to `T`, goes back to the pool when dropped —
 /// into the cache of the cid the dropping thread runs on, so dropping on another
 /// thread than the one that got it is the normal case and stays fast.
+///
+/// ```
+/// use percid::{Pool, PoolBox};
+///
+/// let pool = Pool::new(|| vec![0u32; 8]).unwrap();
+/// let mut b: PoolBox<'_, Vec<u32>> = pool.get();
+/// b[0] = 7; // `DerefMut` to the value
+/// assert_eq!(b.len(), 8); // `Deref`
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(b)); // returned from another thread: the normal case
+/// });
+/// assert!(pool.created() >= 1);
+/// ```
 pub struct PoolBox<'a, T: Send> {
     pub(super) pool: &'a Pool<T>,
     pub(super) slot: NonNull<Slot<T>>,
@@ -69,8 +82,21 @@ impl<'a, T: Send> PoolBox<'a, T> {
 
     /// Takes back an object given up with [`PoolBox::into_raw`].
     ///
-    /// With the pool's debug checks on, a pointer that is not a raw object of this
-    /// pool (a foreign pointer, or one already taken back) panics.
+    /// # Panics
+    ///
+    /// With the pool's debug checks on ([`PoolBuilder::debug`]), a pointer that is
+    /// not a raw object of this pool (a foreign pointer, or one already taken back)
+    /// panics.
+    ///
+    /// ```
+    /// use percid::{Pool, PoolBox};
+    ///
+    /// let pool = Pool::new(|| 5u32).unwrap();
+    /// let raw: *mut u32 = PoolBox::into_raw(pool.get());
+    /// // SAFETY: `raw` came from `into_raw` on a box of `pool`, taken back once.
+    /// let b = unsafe { PoolBox::from_raw(&pool, raw) };
+    /// assert_eq!(*b, 5);
+    /// ```
     ///
     /// # Safety
     /// `ptr` came from `into_raw` on a box of `pool`, and was not taken back since.
@@ -124,7 +150,20 @@ impl<T: Send> Drop for PoolBox<'_, T> {
     }
 }
 
-/// The future of [`Pool::get_async`].
+/// The future of [`Pool::get_async`]: ready with an object at once when one is
+/// idle or can be made, otherwise (a bounded pool with every object in use) pending
+/// until a drop wakes it. Dropping it unregisters the task.
+///
+/// ```
+/// let pool = percid::Pool::builder(|| 0u64).max_objects(1).build().unwrap();
+/// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// rt.block_on(async {
+///     let mut one = pool.get_async().await;
+///     *one += 1;
+///     drop(one); // the pool's only object goes back ...
+///     assert_eq!(*pool.get_async().await, 1); // ... and is handed out again
+/// });
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct GetFuture<'a, T> {
     pub(super) pool: &'a Pool<T>,
@@ -144,6 +183,11 @@ impl<'a, T: Send> Future for GetFuture<'a, T> {
                 }
                 return Poll::Ready(pool.boxed(slot));
             }
+            assert!(
+                pool.bounded,
+                "percid::Pool::get_async: the pool cannot grow (the system refused memory \
+                 for a new slab, or gave it above the 48-bit address bound)"
+            );
             let id = *self.id.get_or_insert_with(|| pool.waiters.id());
             if !pool.waiters.register(id, Waiter::Task(cx.waker().clone())) {
                 return Poll::Pending;
@@ -171,6 +215,18 @@ impl<T> fmt::Debug for GetFuture<'_, T> {
 
 /// An object of a pool shared through an `Arc` ([`Pool::get_owned`]): like
 /// [`PoolBox`], but it owns a reference to its pool, so it is `'static`.
+///
+/// ```
+/// use percid::{OwnedPoolBox, Pool};
+/// use std::sync::Arc;
+///
+/// let pool = Arc::new(Pool::new(String::new).unwrap());
+/// let mut b: OwnedPoolBox<String> = pool.get_owned();
+/// std::thread::spawn(move || b.push_str("moved into a 'static thread"))
+///     .join()
+///     .unwrap();
+/// assert!(Arc::ptr_eq(OwnedPoolBox::pool(&pool.get_owned()), &pool));
+/// ```
 pub struct OwnedPoolBox<T: Send> {
     pub(super) pool: Arc<Pool<T>>,
     pub(super) slot: NonNull<Slot<T>>,

@@ -134,7 +134,19 @@ const FREE: u32 = 1;
 const BOXED: u32 = 2;
 const RAW: u32 = 3;
 
-/// Why a pool could not be built.
+/// Why a pool could not be built ([`PoolBuilder::build`], [`Pool::new`]).
+///
+/// ```
+/// use percid::pool::PoolError;
+///
+/// match percid::Pool::builder(|| 0u64).capacity(0).build() {
+///     Err(PoolError::ZeroCapacity) => {}
+///     other => panic!("expected ZeroCapacity, got {other:?}"),
+/// }
+/// let err = percid::Pool::builder(|| 0u64).max_objects(0).build().unwrap_err();
+/// assert_eq!(err, PoolError::ZeroMaxObjects);
+/// println!("{err}"); // a sentence saying what was wrong
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PoolError {
@@ -212,6 +224,22 @@ impl<T> Init<T> {
 type Reset<T> = Box<dyn Fn(&mut T) + Send + Sync>;
 
 /// Builds a [`Pool`]: see the builder methods for the defaults.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let pool = percid::Pool::builder(|| Vec::<u8>::with_capacity(1024))
+///     .capacity(16) // objects per cid cache
+///     .max_objects(64) // `get` waits when 64 are in use
+///     .reset(|v: &mut Vec<u8>| v.clear()) // runs on every object handed back
+///     .purge_delay(Duration::from_millis(50))
+///     .build()?;
+/// let mut buf = pool.get();
+/// buf.extend_from_slice(b"hello");
+/// drop(buf); // cleared, back in this cid's cache
+/// assert!(pool.get().is_empty());
+/// # Ok::<(), percid::pool::PoolError>(())
+/// ```
 pub struct PoolBuilder<T> {
     init: Init<T>,
     reset: Option<Reset<T>>,
@@ -315,6 +343,23 @@ impl<T: Send> PoolBuilder<T> {
     }
 
     /// Checks the configuration and allocates the per-cid cache heads.
+    ///
+    /// # Errors
+    ///
+    /// * [`PoolError::ZeroCapacity`], [`PoolError::CapacityTooLarge`]: a
+    ///   [`capacity`](Self::capacity) of 0 or above [`MAX_CAPACITY`];
+    /// * [`PoolError::BadBatch`]: a [`batch`](Self::batch) of 0 or above the capacity;
+    /// * [`PoolError::ZeroMaxObjects`] for `max_objects(0)`;
+    /// * [`PoolError::AlignTooLarge`]: `T` aligned above [`MAX_ALIGN`];
+    /// * [`PoolError::NotNumaArena`]: NUMA mode with a plain [`arena`](Self::arena);
+    /// * [`PoolError::Storage`]: the arena could not map the cache heads.
+    ///
+    /// ```
+    /// use percid::pool::PoolError;
+    ///
+    /// let err = percid::Pool::builder(|| 0u32).capacity(4).batch(8).build().unwrap_err();
+    /// assert_eq!(err, PoolError::BadBatch { batch: 8, capacity: 4 });
+    /// ```
     pub fn build(self) -> Result<Pool<T>, PoolError> {
         if self.capacity == 0 {
             return Err(PoolError::ZeroCapacity);
@@ -520,6 +565,17 @@ unsafe impl<T: Send> Sync for Pool<T> {}
 
 impl<T: Send> Pool<T> {
     /// A pool with the default configuration whose objects `init` creates.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::AlignTooLarge`] when `T` is aligned above [`MAX_ALIGN`], and
+    /// [`PoolError::Storage`] when the arena cannot map the per-cid cache heads
+    /// (see [`PoolBuilder::build`]).
+    ///
+    /// ```
+    /// let pool = percid::Pool::new(String::new).unwrap();
+    /// pool.get().push_str("reused");
+    /// ```
     pub fn new(init: impl Fn() -> T + Send + Sync + 'static) -> Result<Pool<T>, PoolError> {
         Pool::builder(init).build()
     }
@@ -649,6 +705,13 @@ impl<T: Send> Pool<T> {
     ///     assert_eq!(waiter.join().unwrap(), 1);
     /// });
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// When the pool's `init` panics (it runs when the pool grows by a slab): the
+    /// panic propagates to the caller. When an unbounded pool has no idle object and
+    /// cannot grow (the system refused the memory of a new slab): rather than wait
+    /// forever, as nothing would wake it ([`Pool::try_get`] returns `None` then).
     #[inline]
     pub fn get(&self) -> PoolBox<'_, T> {
         if let Some(slot) = self.pop() {
@@ -679,6 +742,11 @@ impl<T: Send> Pool<T> {
     /// buf.push(1);
     /// # });
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// Polling panics as [`Pool::get`] does: when `init` panics, or when an unbounded
+    /// pool has no idle object and cannot grow.
     pub fn get_async(&self) -> GetFuture<'_, T> {
         GetFuture {
             pool: self,
@@ -884,6 +952,21 @@ impl<T: Send> Pool<T> {
                     self.waiters.unregister(id);
                 }
                 return Some(self.boxed(slot));
+            }
+            if !self.bounded {
+                // An unbounded pool found no object and could not grow: nothing
+                // would ever wake this thread (drops of unbounded pools wake no one).
+                if registered {
+                    self.waiters.unregister(id);
+                }
+                if deadline.is_some() {
+                    return None;
+                }
+                panic!(
+                    "percid::Pool::get: the pool cannot grow (the system refused memory \
+                     for a new slab, or gave it above the 48-bit address bound); \
+                     use try_get to handle this"
+                );
             }
             if self.waiters.register(id, waiter.clone()) {
                 registered = true;

@@ -240,8 +240,9 @@ impl<T> Slab<T> {
         let size = std::mem::size_of::<Slot<T>>() as u64;
         let off = slots_offset::<T>() as u64;
         let bytes = (off + batch * size).next_multiple_of(Self::granule() as u64);
-        // Slot indexes are u32.
-        ((bytes - off) / size).min(u64::from(u32::MAX))
+        // A slab's chain is a packed list: its length has 16 bits (and the
+        // all-ones length is the drain token).
+        ((bytes - off) / size).min(0xfffe)
     }
 
     /// The slab memory's granule: a page (a whole number of pages is mapped).
@@ -342,6 +343,14 @@ impl<T> Slab<T> {
         if map == libc::MAP_FAILED {
             return Self::allocated(bytes);
         }
+        // Slots are list nodes: a slab above the 48 bits a packed head holds (5-level
+        // paging, tagged pointers) would corrupt every list it joined. Give it back
+        // and try the global allocator, whose memory is checked the same way.
+        if !list::packable(map as usize, bytes) {
+            // SAFETY: the mapping just made, untouched and referred to by nothing.
+            unsafe { libc::munmap(map, bytes) };
+            return Self::allocated(bytes);
+        }
         if bind {
             // SAFETY: `map` is the fresh, untouched mapping of `bytes` bytes just
             // made, owned by this slab; nothing else refers to it yet.
@@ -357,11 +366,19 @@ impl<T> Slab<T> {
         Self::allocated(bytes)
     }
 
+    /// Memory from the global allocator, `None` when it has none or hands out an
+    /// address a packed list head cannot hold (see [`list::packable`]): the pool
+    /// then does not grow, as when memory runs out, and no list ever sees the slab.
     fn allocated(bytes: usize) -> Option<(NonNull<u8>, bool)> {
         let layout = Self::layout(bytes)?;
         // SAFETY: a layout of nonzero size (at least a header).
-        let p = unsafe { std::alloc::alloc(layout) };
-        NonNull::new(p).map(|p| (p, false))
+        let p = NonNull::new(unsafe { std::alloc::alloc(layout) })?;
+        if !list::packable(p.as_ptr() as usize, bytes) {
+            // SAFETY: just allocated with this layout, untouched, freed once.
+            unsafe { std::alloc::dealloc(p.as_ptr(), layout) };
+            return None;
+        }
+        Some((p, false))
     }
 
     fn slot_ptr(&self, i: usize) -> *mut Slot<T> {

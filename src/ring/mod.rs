@@ -192,6 +192,7 @@ pub use sender::{
     Sender, WeakSender,
 };
 #[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub use sink::PollSender;
 
 /// The sending end of an [`unbounded`] channel (tokio's name): the same type as a

@@ -195,6 +195,9 @@ impl<T> Receiver<T> {
 
     /// [`Receiver::try_recv`] that also says which shard's ring held the value
     /// (tests check FIFO order per ring with it); spilled values carry `None`.
+    ///
+    /// # Errors
+    /// As [`Receiver::try_recv`].
     #[cfg(feature = "testing")]
     #[doc(hidden)]
     pub fn try_recv_traced(&mut self) -> Result<(T, Option<Shard>), TryRecvError> {
@@ -1011,7 +1014,16 @@ impl<T> fmt::Debug for Receiver<T> {
     }
 }
 
-/// The iterator of [`Receiver::drain`].
+/// The iterator of [`Receiver::drain`]: the values there now, without blocking.
+///
+/// ```
+/// let (tx, mut rx) = percid::ring::channel::<u32>(8).unwrap();
+/// tx.send_many([1, 2, 3]).unwrap();
+/// let mut got: Vec<u32> = rx.drain().collect();
+/// got.sort(); // FIFO per ring; the senders' cids decide the rings
+/// assert_eq!(got, [1, 2, 3]);
+/// assert_eq!(rx.drain().next(), None); // empty: ends at once, tx still alive
+/// ```
 pub struct Drain<'a, T> {
     rx: &'a mut Receiver<T>,
 }
@@ -1030,7 +1042,16 @@ impl<T> fmt::Debug for Drain<'_, T> {
     }
 }
 
-/// The blocking iterator of [`Receiver::iter`].
+/// The blocking iterator of [`Receiver::iter`]: ends once every sender is gone (or
+/// the channel is closed) and the rings are empty.
+///
+/// ```
+/// let (tx, mut rx) = percid::ring::channel::<u32>(8).unwrap();
+/// let producer = std::thread::spawn(move || (1..=4).for_each(|i| tx.send(i).unwrap()));
+/// let total: u32 = rx.iter().sum(); // ends when the producer drops `tx`
+/// producer.join().unwrap();
+/// assert_eq!(total, 10);
+/// ```
 pub struct Iter<'a, T> {
     rx: &'a mut Receiver<T>,
 }
@@ -1050,6 +1071,13 @@ impl<T> fmt::Debug for Iter<'_, T> {
 }
 
 /// The non-blocking iterator of [`Receiver::try_iter`].
+///
+/// ```
+/// let (tx, mut rx) = percid::ring::channel::<u32>(8).unwrap();
+/// assert_eq!(rx.try_iter().count(), 0); // nothing yet: no waiting
+/// tx.send(5).unwrap();
+/// assert_eq!(rx.try_iter().collect::<Vec<_>>(), [5]);
+/// ```
 pub struct TryIter<'a, T> {
     rx: &'a mut Receiver<T>,
 }
@@ -1069,6 +1097,14 @@ impl<T> fmt::Debug for TryIter<'_, T> {
 }
 
 /// The owning blocking iterator of a [`Receiver`] (`for v in rx`).
+///
+/// ```
+/// let (tx, rx) = percid::ring::unbounded::<String>().unwrap();
+/// std::thread::spawn(move || tx.send("hi".to_owned()).unwrap());
+/// for v in rx {
+///     assert_eq!(v, "hi"); // the loop ends once the sender is dropped
+/// }
+/// ```
 pub struct IntoIter<T> {
     rx: Receiver<T>,
 }
@@ -1105,7 +1141,18 @@ impl<'a, T> IntoIterator for &'a mut Receiver<T> {
     }
 }
 
-/// The future of [`Receiver::recv_async`].
+/// The future of [`Receiver::recv_async`]: a value, or [`RecvError`] once the
+/// channel is closed (or every sender gone) and empty.
+///
+/// ```
+/// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// # rt.block_on(async {
+/// let (tx, mut rx) = percid::ring::channel::<u32>(4).unwrap();
+/// tokio::spawn(async move { tx.send_async(9).await.unwrap() });
+/// assert_eq!(rx.recv_async().await, Ok(9));
+/// assert!(rx.recv_async().await.is_err()); // the task dropped the sender
+/// # });
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct RecvFuture<'a, T> {
     rx: &'a mut Receiver<T>,
@@ -1125,7 +1172,26 @@ impl<T> fmt::Debug for RecvFuture<'_, T> {
     }
 }
 
-/// The future of [`Receiver::recv_many_async`].
+/// The future of [`Receiver::recv_many_async`]: ready with the number of values
+/// appended to the buffer (at least one, at most the limit), or 0 once the channel
+/// is closed and empty.
+///
+/// ```
+/// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// # rt.block_on(async {
+/// let (tx, mut rx) = percid::ring::channel::<u32>(8).unwrap();
+/// tx.send_many([1, 2, 3]).unwrap();
+/// drop(tx);
+/// let mut buf = Vec::new();
+/// let mut n = 0;
+/// while n < 3 {
+///     n += rx.recv_many_async(&mut buf, 2).await; // at most 2 per call
+/// }
+/// assert_eq!(rx.recv_many_async(&mut buf, 2).await, 0);
+/// buf.sort();
+/// assert_eq!(buf, [1, 2, 3]);
+/// # });
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct RecvManyFuture<'a, T> {
     rx: &'a mut Receiver<T>,
@@ -1149,6 +1215,7 @@ impl<T> fmt::Debug for RecvManyFuture<'_, T> {
 }
 
 #[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 impl<T> futures_core::Stream for Receiver<T> {
     type Item = T;
 
@@ -1161,6 +1228,7 @@ impl<T> futures_core::Stream for Receiver<T> {
 }
 
 #[cfg(feature = "async")]
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 impl<T> futures_core::FusedStream for Receiver<T> {
     fn is_terminated(&self) -> bool {
         self.terminated

@@ -684,6 +684,10 @@ pub struct OwnedPermit<T> {
 
 impl<T> OwnedPermit<T> {
     /// Sends `value` (as [`Permit::send`]) and gives the sender back.
+    ///
+    /// # Panics
+    ///
+    /// Never: the permit holds its sender until `send` or `release` consumes it.
     pub fn send(mut self, value: T) -> Sender<T> {
         let sender = self
             .sender
@@ -694,6 +698,17 @@ impl<T> OwnedPermit<T> {
     }
 
     /// Gives the permit back unused, and the sender with it.
+    ///
+    /// ```
+    /// let (tx, _rx) = percid::ring::channel::<u8>(1).unwrap();
+    /// let permit = tx.try_reserve_owned().unwrap();
+    /// let tx = permit.release(); // the slot is free again
+    /// assert!(tx.try_reserve().is_ok());
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Never: the permit holds its sender until `send` or `release` consumes it.
     pub fn release(mut self) -> Sender<T> {
         let sender = self
             .sender
@@ -780,7 +795,21 @@ impl<T> Drop for Batch<T> {
     }
 }
 
-/// The future of [`Sender::send_async`].
+/// The future of [`Sender::send_async`]: ready once the value is in a ring (or the
+/// receiver is gone: `Err` with the value back); pending while the caller's ring is
+/// full. Dropping it before it completes drops the value unsent.
+///
+/// ```
+/// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// # rt.block_on(async {
+/// let (tx, mut rx) = percid::ring::channel::<&str>(1).unwrap();
+/// tx.send_async("a").await.unwrap();
+/// drop(rx.recv_async().await); // make room, whichever ring held it
+/// tx.send_async("b").await.unwrap();
+/// drop(rx);
+/// assert_eq!(tx.send_async("c").await.unwrap_err().into_inner(), "c");
+/// # });
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct SendFuture<'a, T> {
     sender: &'a Sender<T>,
@@ -879,7 +908,18 @@ pub(super) fn poll_permit<T>(
     }
 }
 
-/// The future of [`Sender::reserve`].
+/// The future of [`Sender::reserve`]: a [`Permit`] once the channel has room for
+/// one more value from this sender.
+///
+/// ```
+/// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// # rt.block_on(async {
+/// let (tx, mut rx) = percid::ring::channel::<u8>(2).unwrap();
+/// let permit = tx.reserve().await.expect("the receiver is alive");
+/// permit.send(1);
+/// assert_eq!(rx.recv_async().await, Ok(1));
+/// # });
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct ReserveFuture<'a, T> {
     sender: &'a Sender<T>,
@@ -909,7 +949,18 @@ impl<T> fmt::Debug for ReserveFuture<'_, T> {
     }
 }
 
-/// The future of [`Sender::reserve_owned`].
+/// The future of [`Sender::reserve_owned`]: an [`OwnedPermit`], which holds the
+/// sender and can move into a task.
+///
+/// ```
+/// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// # rt.block_on(async {
+/// let (tx, mut rx) = percid::ring::channel::<u8>(2).unwrap();
+/// let permit = tx.clone().reserve_owned().await.expect("the receiver is alive");
+/// let _tx_back = permit.send(7); // gives the sender back
+/// assert_eq!(rx.recv_async().await, Ok(7));
+/// # });
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct ReserveOwnedFuture<T> {
     sender: Option<Sender<T>>,
@@ -949,7 +1000,18 @@ impl<T> fmt::Debug for ReserveOwnedFuture<T> {
     }
 }
 
-/// The future of [`Sender::closed`].
+/// The future of [`Sender::closed`]: ready once the receiver closed the channel or
+/// is gone.
+///
+/// ```
+/// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// # rt.block_on(async {
+/// let (tx, rx) = percid::ring::channel::<u8>(2).unwrap();
+/// std::thread::spawn(move || drop(rx));
+/// tx.closed().await; // no timing assumption: it waits for the drop
+/// assert!(tx.try_send(1).unwrap_err().is_disconnected());
+/// # });
+/// ```
 #[must_use = "futures do nothing unless polled"]
 pub struct ClosedFuture<'a, T> {
     sender: &'a Sender<T>,

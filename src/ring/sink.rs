@@ -29,6 +29,7 @@ use std::task::{Context, Poll};
 /// assert_eq!(rx.recv(), Ok(8));
 /// assert!(rx.recv().is_err());
 /// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 pub struct PollSender<T> {
     sender: Option<Sender<T>>,
     /// Registration as a waiting sender while `poll_ready` waits.
@@ -106,6 +107,7 @@ impl<T> PollSender<T> {
 
 impl<T> Unpin for PollSender<T> {}
 
+#[cfg_attr(docsrs, doc(cfg(feature = "async")))]
 impl<T> futures_sink::Sink<T> for PollSender<T> {
     type Error = SendError<Option<T>>;
 

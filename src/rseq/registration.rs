@@ -6,6 +6,40 @@
 //! (and unregisters in a thread-local destructor, before that memory is freed), else
 //! the portable backend. The result is cached in two `const` thread-locals, so the
 //! fast path of every operation costs two thread-pointer-relative loads.
+//!
+//! # Finding glibc's registration
+//!
+//! glibc (>= 2.35) exports `__rseq_offset` and `__rseq_size`. A static build
+//! (`-C target-feature=+crt-static`) reads them as weak link-time references
+//! (`arch::glibc_rseq_symbols`: address 0 when no linked object defines them, so it
+//! still links against an older glibc): there `dlsym` finds nothing, and before this
+//! look-up such a binary tried to register an area of its own, which the kernel
+//! refused (EINVAL: glibc had registered a different one), leaving every thread on
+//! the portable backend. Every build then asks `dlsym`, the only look-up of dynamic
+//! builds (a link-time reference there would add a hard `GLIBC_2.35` version need,
+//! and the binary would no longer start on an older glibc). When the crate falls
+//! back, [`thread_owner`] names the cause.
+//!
+//! # Unloading: the object holding percid pins itself
+//!
+//! After a section ends, the thread's `rseq_cs` keeps pointing at that section's
+//! descriptor (glibc and librseq leave it too): clearing it would cost a store on
+//! every fast path. If the object holding the descriptor (a plugin built as a
+//! `cdylib`) is unmapped by `dlclose`, the kernel faults reading `rseq_cs` at the
+//! thread's next preemption and kills the process (SIGSEGV, `si_code` SI_KERNEL).
+//! So on first use ([`process`]), percid pins the object it is linked into:
+//! `dladdr` on one of its own functions names the object, and
+//! `dlopen(name, RTLD_LAZY | RTLD_NOLOAD | RTLD_NODELETE)` marks it never to be
+//! unloaded (glibc documents this way to promote an already loaded object). A later
+//! `dlclose` by the host then leaves the code, the descriptors, the abort handlers
+//! and the thread-locals mapped, so no thread's `rseq_cs`, pthread key destructor
+//! (the allocator's exit hook) or registered area can dangle, and a reload finds the
+//! same object with its state intact. The price is that a plugin that used percid
+//! stays in memory until the process exits. Clearing `rseq_cs` instead would have
+//! to run on every thread that ever ran a section, before the unmap, which no
+//! `dlclose` hook can do for other threads. The main program and a static binary
+//! are never unloaded: there `dlopen(.., RTLD_NOLOAD)` finds no shared object and
+//! the pin is skipped (a static build does not call `dlopen` at all).
 
 use super::abi;
 use super::{Backend, IndexMode, Owner};
@@ -38,6 +72,8 @@ pub(crate) struct Process {
     pub align: u32,
     /// glibc's `__rseq_offset` when glibc registered its threads.
     pub glibc_offset: Option<isize>,
+    /// What the look-up of glibc's registration found (for the status).
+    pub glibc: GlibcLookup,
     /// Active size of the registration threads use (glibc's or ours).
     pub active_size: u32,
     pub node_id: bool,
@@ -88,7 +124,14 @@ fn discover() -> Process {
     // SAFETY: as above.
     let align = unsafe { libc::getauxval(abi::AT_RSEQ_ALIGN) } as u32;
 
-    let glibc = glibc_registration();
+    // Before any section of this object can run on any thread: see the module docs.
+    pin_own_object();
+
+    let lookup = glibc_registration();
+    let glibc = match lookup {
+        GlibcLookup::Registered { offset, size, .. } => Some((offset, size)),
+        GlibcLookup::Off | GlibcLookup::Absent => None,
+    };
     let active_size = match glibc {
         Some((_, size)) => abi::glibc_active_size(size, feature_size),
         None => abi::self_active_size(feature_size),
@@ -107,6 +150,7 @@ fn discover() -> Process {
         feature_size,
         align,
         glibc_offset: glibc.map(|(offset, _)| offset),
+        glibc: lookup,
         active_size,
         node_id,
         mm_cid,
@@ -133,22 +177,88 @@ fn forced_backend() -> Option<(Backend, String)> {
     }
 }
 
-/// glibc's `(__rseq_offset, __rseq_size)` when glibc registered rseq, looked up at
-/// run time so the crate links against any libc (musl, glibc < 2.35, static builds).
-fn glibc_registration() -> Option<(isize, u32)> {
+/// What the look-up of glibc's `__rseq_offset` and `__rseq_size` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GlibcLookup {
+    /// glibc registered its threads: the area is at thread pointer + `offset`, and
+    /// glibc reports `size` bytes.
+    Registered { offset: isize, size: u32 },
+    /// The symbols exist but `__rseq_size` is 0: glibc does not register threads
+    /// (`GLIBC_TUNABLES=glibc.pthread.rseq=0`, or its registration failed at start).
+    Off,
+    /// Neither look-up found the symbols: musl, glibc < 2.35, or symbols hidden.
+    Absent,
+}
+
+/// glibc's registration: the weak link-time symbols first (static builds only: the
+/// only way there), then `dlsym`, so the crate links against any libc (musl, glibc
+/// < 2.35).
+fn glibc_registration() -> GlibcLookup {
+    let (offset, size) = super::arch::glibc_rseq_symbols();
+    if offset != 0 && size != 0 {
+        // SAFETY: non-zero addresses of glibc's `const ptrdiff_t __rseq_offset` and
+        // `const unsigned int __rseq_size`, written once before main and never again.
+        let (offset, size) = unsafe { (*(offset as *const isize), *(size as *const u32)) };
+        return lookup_result(offset, size);
+    }
     // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no preconditions;
     // it returns null when the symbol does not exist.
     let size = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr()) };
     // SAFETY: as above.
     let offset = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) };
     if size.is_null() || offset.is_null() {
-        return None;
+        return GlibcLookup::Absent;
     }
-    // SAFETY: glibc defines `const unsigned int __rseq_size` and
-    // `const ptrdiff_t __rseq_offset`, written once before main and never again.
+    // SAFETY: as for the link-time symbols above.
     let (size, offset) = unsafe { (*(size as *const u32), *(offset as *const isize)) };
-    (size > 0).then_some((offset, size))
+    lookup_result(offset, size)
 }
+
+fn lookup_result(offset: isize, size: u32) -> GlibcLookup {
+    if size > 0 {
+        GlibcLookup::Registered { offset, size }
+    } else {
+        GlibcLookup::Off
+    }
+}
+
+/// Pins the shared object this crate is linked into, so that `dlclose` never unmaps
+/// it (see the module docs). Nothing happens for the main program, which is never
+/// unloaded: `RTLD_NOLOAD` finds no shared object of that name.
+#[cfg(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(target_feature = "crt-static")
+))]
+fn pin_own_object() {
+    // SAFETY: `Dl_info` is plain data (pointers and integers): all zeroes is valid.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    let ours = pin_own_object as fn() as *const libc::c_void;
+    // SAFETY: `ours` is an address inside this object's code and `info` a valid out
+    // pointer; dladdr only fills `info` (its strings live as long as the object).
+    if unsafe { libc::dladdr(ours, &mut info) } == 0 || info.dli_fname.is_null() {
+        return;
+    }
+    // SAFETY: `dli_fname` is the NUL-terminated name of an object that is loaded
+    // (it holds this very function). RTLD_NOLOAD never loads anything: it returns
+    // the already loaded object (marked RTLD_NODELETE from now on) or null. The
+    // handle is deliberately never closed.
+    unsafe {
+        libc::dlopen(
+            info.dli_fname,
+            libc::RTLD_LAZY | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+        )
+    };
+}
+
+/// Static binaries are never unloaded; other libcs keep their own rules (musl never
+/// unloads at all).
+#[cfg(not(all(
+    target_os = "linux",
+    target_env = "gnu",
+    not(target_feature = "crt-static")
+)))]
+fn pin_own_object() {}
 
 /// The number of possible CPUs (`/sys/devices/system/cpu/possible`), which bounds
 /// `cpu_id` and `mm_cid`. Never below the configured CPU count, never 0.
@@ -284,6 +394,10 @@ fn resolve_thread() -> usize {
     if area > SIMULATED {
         // Before the thread's first section: see `any_rseq_thread`.
         RSEQ_SEEN.store(true, std::sync::atomic::Ordering::SeqCst);
+        // The other side of `fence_skippable`'s Dekker pair (`tests/loom.rs`,
+        // `rseq_seen_flag_*`): a foreign caller that reads the flag false after its
+        // own fence is ordered before this thread's first section.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         // The fields first, the area last: a signal handler that runs an operation
         // in between still finds the thread unresolved, never half resolved.
         let field = match process.index {
@@ -480,28 +594,95 @@ pub(crate) fn thread_owner() -> (Owner, Option<String>) {
             if let Some((_, reason)) = &process.forced {
                 return (Owner::None, Some(reason.clone()));
             }
-            if process.glibc_offset.is_some() {
-                return (
-                    Owner::None,
-                    Some("glibc's registration of this thread failed".into()),
-                );
+            if let Some(offset) = process.glibc_offset {
+                let area = super::arch::thread_pointer().wrapping_add_signed(offset);
+                // SAFETY: as in `glibc_area`: glibc's area of this thread, inside its
+                // TCB; the kernel may write cpu_id concurrently.
+                let cpu_id =
+                    unsafe { std::ptr::read_volatile((area + abi::offset::CPU_ID) as *const i32) };
+                let what = if cpu_id == abi::CPU_ID_UNINITIALIZED {
+                    "glibc did not register this thread's rseq area (cpu_id -1: a thread \
+                     not created by pthread_create?)"
+                } else {
+                    "glibc's registration of this thread failed (cpu_id -2)"
+                };
+                return (Owner::None, Some(what.into()));
             }
-            let errno = SELF_ERRNO.get();
-            (Owner::None, Some(describe_errno(errno)))
+            (
+                Owner::None,
+                Some(describe_errno(SELF_ERRNO.get(), process.glibc)),
+            )
         }
     }
 }
 
-fn describe_errno(errno: i32) -> String {
+/// Why the crate's own registration failed with `errno`, given what the look-up of
+/// glibc's registration found.
+fn describe_errno(errno: i32, glibc: GlibcLookup) -> String {
+    // The kernel answers EINVAL when the thread already has a *different* area
+    // registered (ours is always a fresh page), EBUSY when it is the same one.
+    let taken = errno == libc::EINVAL || errno == libc::EBUSY;
     let what = match errno {
+        _ if taken && glibc == GlibcLookup::Absent && glibc_registers() => {
+            "glibc registered this thread's rseq area but its symbols (__rseq_offset, \
+             __rseq_size) are not visible (static binary?)"
+        }
+        _ if taken => {
+            "another library registered this thread's rseq area without telling where \
+             (no glibc __rseq_offset/__rseq_size describe it)"
+        }
         libc::ENOSYS => "the kernel has no rseq (older than 4.18, or running under valgrind)",
         libc::EPERM => "rseq is forbidden here (seccomp filter)",
-        libc::EBUSY => "this thread's rseq area is already registered",
-        libc::EINVAL => {
-            "the kernel rejected the area (another library may have registered a different one)"
-        }
         libc::ESRCH => "the thread was already exiting",
         _ => "rseq registration failed",
     };
     format!("{what} ({})", std::io::Error::from_raw_os_error(errno))
+}
+
+/// Whether the C library is glibc >= 2.35, which registers every thread unless told
+/// not to by its tunable.
+fn glibc_registers() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: gnu_get_libc_version has no preconditions and returns a static
+        // NUL-terminated string such as "2.36".
+        let version = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+        let mut parts = version.to_str().unwrap_or("").split('.');
+        let major = parts
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0);
+        let minor = parts
+            .next()
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0);
+        let tunable_off = std::env::var("GLIBC_TUNABLES")
+            .is_ok_and(|t| t.split(':').any(|kv| kv == "glibc.pthread.rseq=0"));
+        (major, minor) >= (2, 35) && !tunable_off
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_reasons_name_the_cause() {
+        // Our fresh area against one already registered: EINVAL from the kernel.
+        let hidden = describe_errno(libc::EINVAL, GlibcLookup::Absent);
+        if glibc_registers() {
+            assert!(hidden.contains("glibc registered"), "{hidden}");
+            assert!(hidden.contains("static binary"), "{hidden}");
+        } else {
+            assert!(hidden.contains("another library"), "{hidden}");
+        }
+        let other = describe_errno(libc::EBUSY, GlibcLookup::Off);
+        assert!(other.contains("another library"), "{other}");
+        let none = describe_errno(libc::ENOSYS, GlibcLookup::Absent);
+        assert!(none.contains("no rseq"), "{none}");
+    }
 }

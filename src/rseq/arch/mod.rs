@@ -29,6 +29,12 @@ mod portable_only {
         0
     }
 
+    /// No link-time lookup here: the registration layer falls back to `dlsym` (and
+    /// never selects rseq anyway).
+    pub(crate) fn glibc_rseq_symbols() -> (usize, usize) {
+        (0, 0)
+    }
+
     /// # Safety
     /// None needed: nothing is accessed.
     pub(crate) unsafe fn load_add_store(

@@ -34,6 +34,51 @@ pub(crate) fn thread_pointer() -> usize {
     tp
 }
 
+/// The addresses of glibc's `__rseq_offset` and `__rseq_size` as the linker resolved
+/// them, or 0 for a symbol that no linked object defines. Static builds only.
+///
+/// Both are *weak* undefined references (the `.weak` directives are in the same asm
+/// block as the references, so they hold in whatever codegen unit this lands): the
+/// binary links and runs without them (glibc < 2.35), and the address reads 0. This
+/// is how a static glibc binary finds glibc's registration, where `dlsym` finds
+/// nothing. The addresses are loaded through the GOT in asm, never by taking the
+/// address of an `extern` static: the compiler assumes a Rust static is never at
+/// address 0 and would fold the null check away.
+///
+/// Checked here (glibc 2.36, binutils 2.40): static-pie reads glibc's symbols, and 0
+/// for an absent one. Dynamic builds do not use this: `dlsym` finds the symbols there,
+/// and a link-time reference would bind to `__rseq_offset@GLIBC_2.35` with a
+/// non-weak version need, so the binary would no longer start on glibc < 2.35.
+#[cfg(target_feature = "crt-static")]
+#[inline]
+pub(crate) fn glibc_rseq_symbols() -> (usize, usize) {
+    let offset: usize;
+    let size: usize;
+    // SAFETY: two loads from the GOT, which the linker filled (static-pie: the
+    // start-up code relocated it) before any Rust code runs, and which stays mapped
+    // afterwards; an undefined weak symbol's entry holds 0. No other memory is read.
+    unsafe {
+        asm!(
+            ".weak __rseq_offset",
+            ".weak __rseq_size",
+            "mov {offset}, qword ptr [rip + __rseq_offset@GOTPCREL]",
+            "mov {size}, qword ptr [rip + __rseq_size@GOTPCREL]",
+            offset = out(reg) offset,
+            size = out(reg) size,
+            options(nostack, readonly, preserves_flags, pure),
+        )
+    };
+    (offset, size)
+}
+
+/// Dynamic builds: no link-time look-up (see the static version); `dlsym` finds
+/// glibc's symbols.
+#[cfg(not(target_feature = "crt-static"))]
+#[inline]
+pub(crate) fn glibc_rseq_symbols() -> (usize, usize) {
+    (0, 0)
+}
+
 /// The start every section shares: descriptor, pointer and exit-point entries,
 /// arming (through `{off}`), and the registration check. `$extra_exits` lists more
 /// exits for debuggers.
