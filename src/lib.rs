@@ -73,21 +73,22 @@
 //!    reads the process's rseq facts (once per process; a thread's first operation
 //!    needs them), except [`CounterBuilder::build`] on an arena of your own
 //!    ([`CounterBuilder::arena`]): then run any percid operation first.
-//! 2. **The thread's backend is resolved**, or resolving it is safe. A thread's
-//!    first operation finds its rseq registration. That is async-signal-safe where
-//!    glibc registered rseq ([`rseq::Owner::Glibc`], glibc >= 2.35) or a backend is
-//!    forced (`PERCID_BACKEND`): it only reads the thread pointer and sets
-//!    thread-locals, idempotently. It is **not** where percid registers rseq itself
-//!    (`GLIBC_TUNABLES=glibc.pthread.rseq=0`, glibc < 2.35, musl): the registration
-//!    installs a thread-local destructor, which allocates. There, run any percid
-//!    operation on the thread outside a handler first (e.g. [`current_cid`]).
+//! 2. **Resolving a thread's backend is safe everywhere.** A thread's first
+//!    operation finds its rseq registration. Where glibc registered rseq
+//!    ([`rseq::Owner::Glibc`]) or a backend is forced (`PERCID_BACKEND`), it only
+//!    reads the thread pointer and sets thread-locals, idempotently. Where percid
+//!    registers rseq itself (`GLIBC_TUNABLES=glibc.pthread.rseq=0`, glibc < 2.35,
+//!    musl), it maps a page and makes the `rseq` system call with every signal
+//!    blocked, and arms a `pthread` key (no allocation) whose destructor
+//!    unregisters the area at thread exit; a handler that resolved the thread first
+//!    keeps its result.
 //!
 //! | operation | async-signal-safe |
 //! |---|---|
-//! | [`Counter::add`], [`Counter::inc`], [`SignedCounter::add`], [`SignedCounter::sub`] | yes, under 1 and 2, on every backend |
+//! | [`Counter::add`], [`Counter::inc`], [`SignedCounter::add`], [`SignedCounter::sub`] | yes, under 1, on every backend |
 //! | [`Counter::sum`], [`Counter::take`], [`Counter::approx`], [`Counter::compare`], [`SignedCounter::sum`], [`SignedCounter::take`] | yes (loads and compare-and-swap loops; before the storage exists they read 0) |
-//! | [`current_cpu`], [`current_cid`], [`current_node`] | yes, under 2 |
-//! | [`cid::Word::add`] on a word of a plain arena | yes, under 2 |
+//! | [`current_cpu`], [`current_cid`], [`current_node`] | yes |
+//! | [`cid::Word::add`] on a word of a plain arena | yes |
 //! | [`NumaCounter`], [`cid::Word::add_on_node`] | no: a node's first use reserves its plane under a lock |
 //! | [`PerCid`] | no: a per-cid lock the interrupted thread may hold |
 //! | [`Pool`], [`PoolBox`] drop, [`alloc::PerCidAlloc`] | no: depot mutexes, slab growth, lane spin locks |

@@ -3,17 +3,15 @@
 //! Two real-time signals, whose handlers add to the same counters as the threads
 //! they interrupt and may interrupt each other, are sent every ~100 µs to every
 //! thread of a storm: workers that add to those counters in a loop, and idle
-//! threads whose first percid operation runs inside a handler (where the crate
-//! documents that as safe: glibc registered rseq, or a backend is forced; elsewhere
-//! they resolve their registration first, as the docs require, and the test says
-//! so). The totals must come out exact, and nothing may hang (a watchdog fails the
-//! test instead).
+//! threads whose first percid operation runs inside a handler (in every mode: where
+//! percid registers rseq itself, that registration runs inside the handler). The
+//! totals must come out exact, and nothing may hang (a watchdog fails the test
+//! instead).
 //!
 //! Run it in every backend mode (`scripts/lib.sh` `mode_env`): default,
 //! `GLIBC_TUNABLES=glibc.pthread.rseq=0`, `PERCID_BACKEND=portable`,
 //! `PERCID_BACKEND=simulated`, `PERCID_INDEX=cpu_id`.
 
-use percid::rseq::Owner;
 use percid::{Counter, SignedCounter};
 use std::cell::Cell;
 use std::os::unix::thread::JoinHandleExt;
@@ -85,25 +83,11 @@ fn install(signal: libc::c_int) {
     }
 }
 
-/// Whether a thread's first percid operation may run in a handler here (the crate
-/// docs, "Signal handlers", condition 2).
-fn first_use_in_handler_documented_safe() -> (bool, String) {
-    let status = percid::rseq::status();
-    let forced = std::env::var("PERCID_BACKEND").is_ok_and(|b| b == "portable" || b == "simulated");
-    let safe = status.owner == Owner::Glibc || forced;
-    (safe, status.to_string())
-}
-
 #[test]
 fn handlers_add_exactly_during_a_storm() {
-    let (first_use_safe, status) = first_use_in_handler_documented_safe();
-    println!("status: {status}");
-    if !first_use_safe {
-        println!(
-            "percid registers rseq itself here (not glibc): a thread's first operation \
-             is not async-signal-safe, so the idle threads resolve theirs before the storm"
-        );
-    }
+    // A thread's first operation is async-signal-safe in every mode (condition 2),
+    // including where percid registers rseq itself.
+    println!("status: {}", percid::rseq::status());
 
     // Condition 1: the storage exists before any handler can run.
     PLAIN.add(0);
@@ -157,10 +141,6 @@ fn handlers_add_exactly_during_a_storm() {
         .map(|i| {
             std::thread::spawn(move || {
                 IDLE_SLOT.set(i);
-                if !first_use_safe {
-                    // The documented rule: resolve outside the handler first.
-                    let _ = percid::current_cid();
-                }
                 while !STOP.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(1));
                 }

@@ -20,6 +20,15 @@ pub(crate) const HEADER_GENERATION: usize = 0;
 pub(crate) const HEADER_LOCK: usize = 1;
 
 /// Why the arena could not allocate.
+///
+/// ```
+/// use percid::cid::{Arena, StorageError};
+///
+/// let arena = Arena::new();
+/// assert!(matches!(arena.alloc(0), Err(StorageError::Empty)));
+/// let too_many = Arena::MAX_WORDS + 1;
+/// assert!(matches!(arena.alloc(too_many), Err(StorageError::TooLarge { .. })));
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StorageError {
     /// More words were asked for than a unit holds.
@@ -55,6 +64,11 @@ impl fmt::Display for StorageError {
 impl std::error::Error for StorageError {}
 
 /// What an arena holds, for tests and `percid status`.
+///
+/// ```
+/// let stats = percid::cid::global().stats();
+/// println!("{} words in use, {} bytes per cid", stats.words_in_use, stats.bytes_per_cid);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StorageStats {
     /// Chunks reserved.
@@ -531,6 +545,16 @@ pub(crate) struct State {
 }
 
 /// The per-cid arena: see the module documentation of [`crate::cid`].
+///
+/// ```
+/// use percid::cid::Arena;
+///
+/// // A dedicated arena: its words live as long as it does.
+/// let arena = Arena::with_capacity(8, 2);
+/// let words = arena.alloc(1).unwrap();
+/// words.first().add(1);
+/// assert_eq!(words.first().sum(), 1);
+/// ```
 pub struct Arena {
     cid_capacity: u32,
     lanes: u32,
@@ -543,6 +567,12 @@ pub struct Arena {
 }
 
 /// One NUMA node's share of an arena, for `percid status` and tests.
+///
+/// ```
+/// for node in percid::cid::Arena::with_nodes(4, 4, 2).node_stats() {
+///     println!("{node:?}");
+/// }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeStorage {
     /// The node (plane) number.
@@ -942,6 +972,15 @@ fn lock<T>(mutex: &Mutex<T>) -> crate::sync::MutexGuard<'_, T> {
 
 /// `len` words at the same offset in every unit of a chunk: one per index and one per
 /// lane. Freed (and zeroed) on drop.
+///
+/// ```
+/// let words = percid::cid::global().alloc(4).unwrap();
+/// assert_eq!(words.len(), 4);
+/// for i in 0..words.len() {
+///     words.word(i).add(i as u64);
+/// }
+/// assert_eq!(words.word(3).sum(), 3);
+/// ```
 pub struct Words<'a> {
     arena: &'a Arena,
     /// Position of `chunk` in the arena's list (to free without a search).
@@ -1041,6 +1080,17 @@ impl fmt::Debug for Words<'_> {
 
 /// One word per index and per lane: the unit of a per-cid value. The operations
 /// that update it run as critical sections on the caller's current index.
+///
+/// ```
+/// let words = percid::cid::global().alloc(1).unwrap();
+/// let hits = words.first();
+/// std::thread::scope(|s| {
+///     for _ in 0..4 {
+///         s.spawn(|| hits.add(10));
+///     }
+/// });
+/// assert_eq!(hits.sum(), 40);
+/// ```
 #[derive(Clone, Copy)]
 pub struct Word<'a> {
     pub(crate) chunk: &'a Chunk,

@@ -83,6 +83,12 @@ pub(crate) use ops::{HotWord, NodeHotWord, PayloadSite, Pushed, thread_node};
 ///
 /// Built without ever waiting for another thread (see `cid/fork.rs`): a child forked
 /// while a thread of its parent was building it builds its own.
+///
+/// ```
+/// let words = percid::cid::global().alloc(1).unwrap();
+/// words.word(0).add(2);
+/// assert_eq!(words.word(0).sum(), 2);
+/// ```
 pub fn global() -> &'static Arena {
     static GLOBAL: fork::Lazy<Arena> = fork::Lazy::new();
     GLOBAL.get_or_init(Arena::new_process_wide)
@@ -90,6 +96,11 @@ pub fn global() -> &'static Arena {
 
 /// The process-wide NUMA arena ([`Arena::numa`]): one plane per NUMA node, each
 /// bound to its node. The NUMA-aware structures allocate from it.
+///
+/// ```
+/// let arena = percid::cid::numa_global();
+/// assert!(arena.is_numa());
+/// ```
 pub fn numa_global() -> &'static Arena {
     static GLOBAL: fork::Lazy<Arena> = fork::Lazy::new();
     GLOBAL.get_or_init(Arena::numa_process_wide)
@@ -97,6 +108,13 @@ pub fn numa_global() -> &'static Arena {
 
 /// Statistics of the process-wide arena: indexes materialised, bytes per index,
 /// resident memory.
+///
+/// ```
+/// let before = percid::cid::stats().words_in_use;
+/// let words = percid::cid::global().alloc(3).unwrap();
+/// assert!(percid::cid::stats().words_in_use >= before + 3);
+/// drop(words);
+/// ```
 pub fn stats() -> StorageStats {
     global().stats()
 }

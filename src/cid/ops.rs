@@ -113,6 +113,18 @@ fn fence_skippable() -> bool {
 }
 
 /// Which shard an operation ran on.
+///
+/// ```
+/// use percid::cid::{Arena, Shard};
+///
+/// let arena = Arena::new();
+/// let words = arena.alloc(1).unwrap();
+/// match words.word(0).add(1) {
+///     Shard::Cid(cid) => println!("added on cid {cid}"),
+///     Shard::Lane(lane) => println!("added on portable lane {lane}"),
+///     Shard::NodeCid { node, cid } => println!("added on node {node}, cid {cid}"),
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Shard {
     /// The unit of this index (`mm_cid`, `cpu_id`, or simulated cid) in plane 0: the
@@ -980,6 +992,19 @@ impl std::fmt::Display for ForeignError {
 impl std::error::Error for ForeignError {}
 
 /// [`Word::list_push`] found the caller's list at its maximum length.
+///
+/// ```
+/// use percid::cid::{Arena, ListFull};
+///
+/// let arena = Arena::new();
+/// let words = arena.alloc(1).unwrap();
+/// let list = words.word(0);
+/// let node = Box::into_raw(Box::new(0u64)) as usize;
+/// // SAFETY: an 8-byte aligned word we own, below 2^48; a list of at most 0 nodes
+/// // refuses it, and the node stays ours.
+/// assert!(matches!(unsafe { list.list_push(node, 0) }, Err(ListFull)));
+/// drop(unsafe { Box::from_raw(node as *mut u64) });
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListFull;
 

@@ -27,8 +27,8 @@
 //!
 //! [`Counter::add`], [`Counter::inc`], [`SignedCounter::add`] and
 //! [`SignedCounter::sub`] are async-signal-safe once the counter's storage exists
-//! (built with [`CounterBuilder::build`], or one `add(0)` outside any handler) and
-//! the thread's backend can be resolved safely (see the crate docs, "Signal
+//! (built with [`CounterBuilder::build`], or one `add(0)` outside any handler),
+//! also as a thread's first percid operation (see the crate docs, "Signal
 //! handlers"); the reads (`sum`, `take`, `approx`, `compare`) always are.
 //! [`PerCid`] is not (a handler can interrupt its own thread holding the shard's
 //! lock), nor is [`NumaCounter`] (a node's first use reserves its plane under a
@@ -379,12 +379,28 @@ impl Counter {
     /// Async-signal-safe once the counter's storage exists (the first call, or
     /// [`CounterBuilder::build`], allocates it) and the thread's backend is resolved:
     /// see the crate docs, "Signal handlers".
+    ///
+    /// ```
+    /// static BYTES: percid::Counter = percid::Counter::new();
+    /// BYTES.add(1500);
+    /// assert_eq!(BYTES.sum(), 1500);
+    /// ```
     #[inline]
     pub fn add(&self, n: u64) {
         self.shards.add(n);
     }
 
     /// Adds one. Async-signal-safe as [`Counter::add`].
+    ///
+    /// ```
+    /// let hits = percid::Counter::new();
+    /// std::thread::scope(|s| {
+    ///     for _ in 0..4 {
+    ///         s.spawn(|| (0..1000).for_each(|_| hits.inc()));
+    ///     }
+    /// });
+    /// assert_eq!(hits.sum(), 4000);
+    /// ```
     #[inline]
     pub fn inc(&self) {
         self.shards.add(1);
@@ -398,6 +414,13 @@ impl Counter {
 
     /// Reads and resets the counter: every add lands in exactly one `take` or in a
     /// later [`Counter::sum`], even with adds and takes running concurrently.
+    ///
+    /// ```
+    /// let errors = percid::Counter::new();
+    /// errors.add(7);
+    /// assert_eq!(errors.take(), 7); // read and reset, for a per-interval report
+    /// assert_eq!(errors.sum(), 0);
+    /// ```
     pub fn take(&self) -> u64 {
         self.shards.take()
     }
@@ -406,12 +429,28 @@ impl Counter {
     /// max_error` once concurrent adds and takes have returned (`max_error` = shards
     /// seen × (batch − 1), saturating). Costs two loads and no walk over the shards.
     /// With no batch (the default), the exact [`Counter::sum`] and 0.
+    ///
+    /// ```
+    /// let c = percid::Counter::builder().batch(16).build().unwrap();
+    /// c.add(100);
+    /// let (value, max_error) = c.approx();
+    /// assert!(value <= 100 && 100 <= value + max_error);
+    /// ```
     pub fn approx(&self) -> (u64, u64) {
         self.shards.approx()
     }
 
     /// Compares the total with `n`: decided by [`Counter::approx`] when its bound
     /// allows, by [`Counter::sum`] otherwise, so the answer is always exact.
+    ///
+    /// ```
+    /// use std::cmp::Ordering;
+    ///
+    /// let c = percid::Counter::new();
+    /// c.add(10);
+    /// assert_eq!(c.compare(5), Ordering::Greater);
+    /// assert_eq!(c.compare(10), Ordering::Equal);
+    /// ```
     pub fn compare(&self, n: u64) -> CmpOrdering {
         self.shards.compare(n)
     }
@@ -430,6 +469,12 @@ impl fmt::Debug for Counter {
 }
 
 /// Builds a [`Counter`] or [`SignedCounter`] with an approximate total.
+///
+/// ```
+/// let requests = percid::Counter::builder().batch(64).build().unwrap();
+/// requests.add(3);
+/// assert_eq!(requests.sum(), 3);
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct CounterBuilder {
     batch: u64,
@@ -440,6 +485,12 @@ impl CounterBuilder {
     /// Each cid carries its adds into a shared total in steps of `batch`, making
     /// [`Counter::approx`] O(1) with an error of at most (batch − 1) per cid seen.
     /// 0 (the default) disables the carry. A carry costs one atomic add per `batch`.
+    ///
+    /// ```
+    /// let c = percid::Counter::builder().batch(32).build().unwrap();
+    /// c.inc();
+    /// assert_eq!(c.sum(), 1);
+    /// ```
     pub fn batch(mut self, batch: u64) -> Self {
         self.batch = batch;
         self
@@ -468,6 +519,13 @@ impl CounterBuilder {
     ///
     /// # Errors
     /// [`StorageError`] when the arena cannot allocate the per-cid words.
+    ///
+    /// ```
+    /// let queue_depth = percid::Counter::builder().build_signed().unwrap();
+    /// queue_depth.add(3);
+    /// queue_depth.sub(1);
+    /// assert_eq!(queue_depth.sum(), 2);
+    /// ```
     pub fn build_signed(self) -> Result<SignedCounter, StorageError> {
         let arena = self.arena.unwrap_or_else(cid::global);
         Ok(SignedCounter {
@@ -509,6 +567,12 @@ impl SignedCounter {
 
     /// Subtracts `n` (wrapping) on the caller's cid. Async-signal-safe as
     /// [`Counter::add`].
+    ///
+    /// ```
+    /// let g = percid::SignedCounter::new();
+    /// g.sub(4);
+    /// assert_eq!(g.sum(), -4);
+    /// ```
     #[inline]
     pub fn sub(&self, n: i64) {
         self.shards.add(n.wrapping_neg() as u64);

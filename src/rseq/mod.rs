@@ -22,6 +22,15 @@ use registration::{ThreadBackend, process, thread_backend};
 use std::fmt;
 
 /// Who registered the calling thread's rseq area.
+///
+/// ```
+/// use percid::rseq::{Owner, status};
+///
+/// let st = status();
+/// if st.owner == Owner::Glibc {
+///     println!("glibc registered rseq: percid uses its area");
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Owner {
     /// glibc (>= 2.35) registered it; the crate uses glibc's area.
@@ -44,6 +53,16 @@ impl Owner {
 }
 
 /// How a thread runs the operations on its shard.
+///
+/// ```
+/// use percid::rseq::{Backend, status};
+///
+/// match status().backend {
+///     Backend::Rseq => println!("critical sections on mm_cid or cpu_id"),
+///     Backend::Portable => println!("atomics on per-CPU lanes"),
+///     other => println!("{other:?}"),
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     /// rseq critical sections in `asm!`: no atomic read-modify-write, no lock.
@@ -66,6 +85,15 @@ impl Backend {
 }
 
 /// Which field of the rseq area indexes the shards.
+///
+/// ```
+/// use percid::rseq::{IndexMode, status};
+///
+/// let st = status();
+/// if st.index == IndexMode::MmCid {
+///     assert!(st.mm_cid);
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexMode {
     /// `mm_cid` (Linux >= 6.3): shards follow the concurrency really used.
@@ -86,6 +114,11 @@ impl IndexMode {
 }
 
 /// The rseq status of the calling thread and its process.
+///
+/// ```
+/// let st = percid::rseq::status();
+/// println!("{st}"); // owner, backend, index, and why not rseq when it is not
+/// ```
 #[derive(Clone, Debug)]
 pub struct Status {
     /// Who registered this thread's area.
@@ -112,6 +145,11 @@ pub struct Status {
 
 /// The rseq status of the calling thread: who registered, what the kernel offers,
 /// which backend this thread uses.
+///
+/// ```
+/// let st = percid::rseq::status();
+/// assert!(st.possible_cpus >= 1);
+/// ```
 pub fn status() -> Status {
     let p = process();
     let backend = match thread_backend() {
@@ -167,6 +205,11 @@ fn read_field(area: usize, offset: usize) -> u32 {
 /// The CPU the calling thread runs on: one load from the rseq area (libc's
 /// `sched_getcpu` in the portable backend). Stale as soon as it returns: use it for
 /// statistics and placement hints, never to index a shard outside a critical section.
+///
+/// ```
+/// let cpu = percid::current_cpu();
+/// assert!(cpu < percid::rseq::status().possible_cpus);
+/// ```
 #[inline]
 pub fn current_cpu() -> u32 {
     match thread_backend() {
@@ -178,6 +221,11 @@ pub fn current_cpu() -> u32 {
 
 /// The NUMA node the calling thread runs on: one load from the rseq area when the
 /// kernel maintains `node_id`, the getcpu system call otherwise.
+///
+/// ```
+/// let node = percid::current_node(); // 0 on a one-node machine
+/// println!("running on node {node}");
+/// ```
 #[inline]
 pub fn current_node() -> u32 {
     #[cfg(not(loom))]
@@ -201,6 +249,11 @@ fn current_node_slow() -> u32 {
 /// The index the calling thread's shards use right now: its `mm_cid` (or `cpu_id`
 /// in cpu-id mode), one load from the rseq area. In the portable backend, the CPU
 /// (portable threads use per-CPU lanes). Stale as soon as it returns.
+///
+/// ```
+/// let cid = percid::current_cid();
+/// assert!(cid < percid::rseq::status().possible_cpus);
+/// ```
 #[inline]
 pub fn current_cid() -> u32 {
     #[cfg(not(loom))]

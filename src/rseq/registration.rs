@@ -61,8 +61,9 @@ thread_local! {
     static NODE: Cell<usize> = const { Cell::new(0) };
     /// Why this thread is not on the rseq backend (errno of our registration attempt).
     static SELF_ERRNO: Cell<i32> = const { Cell::new(0) };
-    /// Our own registration, unregistered when the thread's destructors run.
-    static OWNED: Cell<Option<OwnedArea>> = const { Cell::new(None) };
+    /// Length of our own registration of this thread's area (0: none); it is
+    /// unregistered by the `OWNED_KEY` destructor when the thread exits.
+    static OWNED_LEN: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Facts about rseq that hold for the whole process.
@@ -380,6 +381,31 @@ pub(crate) fn any_rseq_thread() -> bool {
     RSEQ_SEEN.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+/// Registers the calling thread's own area, and publishes the result, with every
+/// signal blocked: a handler that uses percid cannot register a second area in
+/// between (the kernel would refuse ours and the thread would stay portable for
+/// good). When a handler resolved the thread before the signals were blocked, that
+/// resolution stands.
+fn register_without_signals(process: &'static Process) -> usize {
+    // SAFETY: sigset_t is plain data, filled by sigfillset.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; written by pthread_sigmask.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sets; only the calling thread's mask changes, restored below.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+    }
+    let mut area = AREA.get();
+    if area == UNRESOLVED {
+        area = register_self(process).unwrap_or(PORTABLE);
+        publish(process, area);
+    }
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    area
+}
+
 /// Decides the calling thread's backend, once, and caches it.
 fn resolve_thread() -> usize {
     let process = process();
@@ -388,9 +414,15 @@ fn resolve_thread() -> usize {
         Some((Backend::Simulated, _)) => SIMULATED,
         _ => match process.glibc_offset {
             Some(offset) => glibc_area(offset).unwrap_or(PORTABLE),
-            None => register_self(process).unwrap_or(PORTABLE),
+            None => return register_without_signals(process),
         },
     };
+    publish(process, area);
+    area
+}
+
+/// Caches the thread's backend: `area` is a registered area's address or a sentinel.
+fn publish(process: &Process, area: usize) {
     if area > SIMULATED {
         // Before the thread's first section: see `any_rseq_thread`.
         RSEQ_SEEN.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -410,7 +442,6 @@ fn resolve_thread() -> usize {
         }
     }
     AREA.set(area);
-    area
 }
 
 /// Address of the calling thread's index field (`mm_cid` or `cpu_id`), when it has a
@@ -489,37 +520,61 @@ fn glibc_area(offset: isize) -> Option<usize> {
     (cpu_id >= 0).then_some(area)
 }
 
-/// An rseq area this crate registered for the current thread, in its own page so
-/// that any size and alignment the kernel asks for fits, and so that it never
-/// allocates through the global allocator.
-struct OwnedArea {
-    area: usize,
-    len: u32,
+/// The `pthread` key whose destructor unregisters an area this crate registered
+/// for a thread (`u32::MAX`: not created yet). A key, not a thread-local with
+/// `Drop`: registering a thread-local destructor makes glibc `malloc` a record,
+/// which a thread whose first percid use is inside a signal handler must not do;
+/// `pthread_setspecific` on one of the first 32 keys allocates nothing. Key
+/// destructors run after the thread-locals' ones, so those still find the area.
+static OWNED_KEY: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+
+/// The key, created on first need (racing creators keep one and delete the others).
+fn owned_key() -> Option<libc::pthread_key_t> {
+    use std::sync::atomic::Ordering;
+    let key = OWNED_KEY.load(Ordering::Acquire);
+    if key != u32::MAX {
+        return Some(key);
+    }
+    let mut mine: libc::pthread_key_t = 0;
+    // SAFETY: a valid out pointer and a destructor that never unwinds.
+    if unsafe { libc::pthread_key_create(&mut mine, Some(unregister_owned)) } != 0 {
+        return None;
+    }
+    match OWNED_KEY.compare_exchange(u32::MAX, mine, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => Some(mine),
+        Err(theirs) => {
+            // SAFETY: our key, never set on any thread.
+            unsafe { libc::pthread_key_delete(mine) };
+            Some(theirs)
+        }
+    }
 }
 
-impl Drop for OwnedArea {
-    fn drop(&mut self) {
-        // Later destructors of this thread must not find the area any more.
-        AREA.set(PORTABLE);
-        INDEX.set(0);
-        NODE.set(0);
-        // SAFETY: unregisters the area this thread registered, with the same address,
-        // length and signature; afterwards the kernel never writes it again.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_rseq,
-                self.area as *mut libc::c_void,
-                self.len,
-                abi::FLAG_UNREGISTER,
-                abi::SIGNATURE,
-            )
-        };
-        if rc == 0 {
-            // SAFETY: the page was mapped by `register_self` and the kernel no longer
-            // uses it. If unregistering failed the page is leaked rather than freed
-            // under the kernel's feet.
-            unsafe { libc::munmap(self.area as *mut libc::c_void, page_size()) };
-        }
+/// The key's destructor: unregisters the area `value` this crate registered for the
+/// exiting thread, then frees its page.
+extern "C" fn unregister_owned(value: *mut libc::c_void) {
+    let len = OWNED_LEN.get();
+    // Later destructors of this thread must not find the area any more.
+    AREA.set(PORTABLE);
+    INDEX.set(0);
+    NODE.set(0);
+    OWNED_LEN.set(0);
+    // SAFETY: unregisters the area this thread registered, with the same address,
+    // length and signature; afterwards the kernel never writes it again.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rseq,
+            value,
+            len,
+            abi::FLAG_UNREGISTER,
+            abi::SIGNATURE,
+        )
+    };
+    if rc == 0 {
+        // SAFETY: the page was mapped by `register_self` and the kernel no longer
+        // uses it. If unregistering failed the page is leaked rather than freed
+        // under the kernel's feet.
+        unsafe { libc::munmap(value, page_size()) };
     }
 }
 
@@ -536,12 +591,11 @@ fn register_self(process: &Process) -> Option<usize> {
         SELF_ERRNO.set(libc::EINVAL);
         return None;
     }
-    // The destructor must be in place before the kernel knows the area: a thread
-    // that is already running its destructors does not register at all.
-    if OWNED.try_with(|_| ()).is_err() {
-        SELF_ERRNO.set(libc::ESRCH);
+    // The destructor must be in place before the kernel knows the area.
+    let Some(key) = owned_key() else {
+        SELF_ERRNO.set(libc::EAGAIN);
         return None;
-    }
+    };
     // SAFETY: an anonymous private mapping of one page, checked below.
     let map = unsafe {
         libc::mmap(
@@ -574,9 +628,17 @@ fn register_self(process: &Process) -> Option<usize> {
         unsafe { libc::munmap(map, page) };
         return None;
     }
-    let area = map as usize;
-    OWNED.set(Some(OwnedArea { area, len }));
-    Some(area)
+    // SAFETY: our key; a non-null value makes its destructor run at thread exit.
+    if unsafe { libc::pthread_setspecific(key, map) } != 0 {
+        // No destructor: unregister now rather than leave the kernel a page that
+        // would outlive the thread's knowledge of it.
+        OWNED_LEN.set(len);
+        unregister_owned(map);
+        SELF_ERRNO.set(libc::ENOMEM);
+        return None;
+    }
+    OWNED_LEN.set(len);
+    Some(map as usize)
 }
 
 fn errno() -> i32 {
