@@ -278,12 +278,13 @@ impl Tallies for ModelTallies {
 #[cfg(not(loom))]
 mod imp {
     use super::{Gate, Lazy, Tallies};
+    use crate::cid::HotWord;
     use crate::cid::arena::State;
     use crate::cid::{Word, Words};
     use crate::sync::MutexGuard;
     use std::cell::{Cell, UnsafeCell};
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicU8, AtomicU64, Ordering, compiler_fence, fence};
+    use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicU64, Ordering, compiler_fence, fence};
 
     // --- Registration of the handlers -------------------------------------------
 
@@ -359,12 +360,48 @@ mod imp {
     #[inline(never)]
     fn tally_slow(which: usize) -> Option<Word<'static>> {
         let words = crate::cid::global().alloc(2).ok()?;
-        Some(TALLY.get_or_init(|| words).first().offset_by(which))
+        let words = TALLY.get_or_init(|| words);
+        for (i, base) in HOT_BASE.iter().enumerate() {
+            let (b, limit) = words.first().offset_by(i).hot();
+            HOT_LIMIT.store(limit as *mut u32, Ordering::Relaxed);
+            base.store(b, Ordering::Release);
+        }
+        Some(words.first().offset_by(which))
     }
+
+    /// The tally words' rseq fast path (base of each word in unit 0, and the
+    /// chunk's limit: see `HotWord`), published once the words exist: a region's
+    /// entry and exit are then one critical section each, as a `Counter` add.
+    static HOT_BASE: [AtomicPtr<u64>; 2] = [
+        AtomicPtr::new(std::ptr::null_mut()),
+        AtomicPtr::new(std::ptr::null_mut()),
+    ];
+    static HOT_LIMIT: AtomicPtr<u32> = AtomicPtr::new(std::ptr::null_mut());
 
     impl Tallies for PerCidTallies {
         #[inline]
         fn count(&self, which: usize) {
+            let base = HOT_BASE[which].load(Ordering::Acquire);
+            if !base.is_null() {
+                let hot = HotWord::from_parts(base, HOT_LIMIT.load(Ordering::Relaxed));
+                if hot.try_add_committed(1) {
+                    return;
+                }
+            }
+            self.count_slow(which);
+        }
+
+        fn total(&self, which: usize) -> u64 {
+            let words = tally(which).map_or(0, Word::sum);
+            words.wrapping_add(SPARE[which].load(Ordering::SeqCst))
+        }
+    }
+
+    impl PerCidTallies {
+        /// First use, other backends, aborts, new cids.
+        #[cold]
+        #[inline(never)]
+        fn count_slow(&self, which: usize) {
             match tally(which) {
                 Some(word) => {
                     word.add(1);
@@ -373,11 +410,6 @@ mod imp {
                     SPARE[which].fetch_add(1, Ordering::SeqCst);
                 }
             }
-        }
-
-        fn total(&self, which: usize) -> u64 {
-            let words = tally(which).map_or(0, Word::sum);
-            words.wrapping_add(SPARE[which].load(Ordering::SeqCst))
         }
     }
 
