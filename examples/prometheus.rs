@@ -11,12 +11,6 @@
 //! is printed, or served on `GET /metrics` with `--serve ADDR` (plain `std::net`, one
 //! connection at a time, while the workers keep running).
 
-#[cfg(not(feature = "metrics"))]
-fn main() {
-    eprintln!("this example needs the `metrics` feature: add `--features metrics`");
-}
-
-#[cfg(feature = "metrics")]
 fn main() {
     use percid::counter::metrics::PercidRecorder;
     use std::io::{BufRead, BufReader, Write};

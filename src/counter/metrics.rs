@@ -67,8 +67,7 @@
 //! `metrics::Gauge::from_arc(Arc<percid::SignedCounter>)` (the facade's blanket
 //! impls for `Arc<T>` do the rest). `metrics::counter!("x").increment(1)` then costs
 //! one rseq critical section instead of an atomic read-modify-write on a shared line.
-//! `examples/metrics_registry.rs` builds a recorder this way by hand;
-//! `examples/prometheus.rs` uses [`PercidRecorder`].
+//! [`PercidRecorder`] is such a recorder (`examples/prometheus.rs`).
 //!
 //! Two operations of the facade have no sharded equivalent, and are emulated:
 //!

@@ -240,10 +240,10 @@ fn pin_own_object() {
     if unsafe { libc::dladdr(ours, &mut info) } == 0 || info.dli_fname.is_null() {
         return;
     }
-    // SAFETY: `dli_fname` is the NUL-terminated name of an object that is loaded
-    // (it holds this very function). RTLD_NOLOAD never loads anything: it returns
-    // the already loaded object (marked RTLD_NODELETE from now on) or null. The
-    // handle is deliberately never closed.
+    // RTLD_NOLOAD never loads anything: it returns the already loaded object
+    // (marked RTLD_NODELETE from now on) or null; the handle is never closed.
+    // SAFETY: `dli_fname` is the NUL-terminated name of a loaded object (it holds
+    // this very function).
     unsafe {
         libc::dlopen(
             info.dli_fname,
