@@ -24,7 +24,7 @@
 use super::arena::{Chunk, HEADER_GENERATION, HEADER_LOCK, Unit, Word, Words};
 use crate::rseq::arch::{self, PayloadArgs, SectionSite, SectionStatus};
 use crate::rseq::registration::{
-    ThreadBackend, any_rseq_thread, node_source, process, thread_backend,
+    ThreadBackend, any_rseq_thread, node_source, process, thin_area, thread_backend,
 };
 use crate::rseq::simulated::{self, SimSection};
 use crate::rseq::spec::{self, Aborted, Locked, Payload, PayloadOutcome, Section};
@@ -317,6 +317,12 @@ fn one_push(st: SectionStatus) -> Option<Result<(), ListFull>> {
     }
 }
 
+/// A limit no index is below: a hot word with it misses every section before the
+/// section addresses its word, so a structure can keep one in place of words it has
+/// not made yet (a `const` counter, a lazily built pool) or wants kept off the fast
+/// path, and test nothing else first.
+pub(crate) static NO_CIDS: u32 = 0;
+
 /// A word's fast-path addresses, resolved once and kept by the structure that owns
 /// the word (a counter), so that an update chases no pointers before its section.
 #[derive(Clone, Copy, Debug)]
@@ -332,17 +338,50 @@ impl HotWord {
         HotWord { base, limit }
     }
 
-    /// One attempt of `load_add_store` on the rseq backend, for callers that do not
-    /// need the shard: true when it committed, false for anything else (the caller
-    /// then takes [`Word::add`]).
+    /// One thin `load_add_store` (see `arch`, "Thin sections"), for callers that do
+    /// not need the shard: true when it committed, false for anything else (the
+    /// caller then takes [`Word::add`]). A hot word whose limit is [`NO_CIDS`]
+    /// always misses, whatever its base.
     #[inline(always)]
     pub(crate) fn try_add_committed(self, v: u64) -> bool {
-        if let ThreadBackend::Rseq { area, index } = thread_backend() {
-            let cpu = SectionSite::plain(area, index, self.limit);
-            // SAFETY: as in `try_add`.
-            return unsafe { arch::load_add_store_committed(cpu, self.base, v) };
+        let area = thin_area();
+        // SAFETY: `base` and `limit` come from `Word::hot` of a live word (the caller
+        // keeps the word's allocation alive), or the limit is `NO_CIDS` and the
+        // section stops before it addresses anything; `area` is this thread's
+        // registered area.
+        area != 0 && unsafe { arch::thin_add(area, self.base, self.limit, v) }
+    }
+
+    /// One thin `list_pop`: the node it popped, or `None` for anything else (an
+    /// empty list too: the caller then takes [`Word::list_pop`], which refills).
+    ///
+    /// # Safety
+    /// As for [`Word::list_pop`], for the word this hot word was made from.
+    #[inline(always)]
+    pub(crate) unsafe fn thin_list_pop(self) -> Option<usize> {
+        let area = thin_area();
+        if area == 0 {
+            return None;
         }
-        false
+        // SAFETY: as in `try_add_committed`; listed nodes are live (the caller's
+        // contract).
+        let node = unsafe { arch::thin_list_pop(area, self.base, self.limit) };
+        (node != 0).then_some(node)
+    }
+
+    /// One thin `list_push`: true when it committed, false for anything else (a
+    /// full list too; the node's link may have been written).
+    ///
+    /// # Safety
+    /// As for [`Word::list_push`], for the word this hot word was made from.
+    #[inline(always)]
+    pub(crate) unsafe fn thin_list_push(self, node: usize, max_len: u16) -> bool {
+        let area = thin_area();
+        // SAFETY: as in `thin_list_pop`; the node is the caller's.
+        area != 0
+            && unsafe {
+                arch::thin_list_push(area, self.base, self.limit, node, u64::from(max_len))
+            }
     }
 
     /// One attempt of `list_pop` on the rseq backend: `Some(Some(node))` when it

@@ -63,8 +63,11 @@ const CARRIED: usize = 1;
 /// The shared part of every counter type: lazily allocated per-cid words, the part
 /// already taken, and the approximate total.
 struct Shards {
-    /// The value word in unit 0 and the chunk's limit (see `HotWord`), published once
-    /// the words exist (limit first, base with release): null until then.
+    /// The value word in unit 0 and the chunk's limit (see `HotWord`): the thin
+    /// section's operands. Until the words exist, and for good in a counter with a
+    /// batch (whose adds must check the carry), the limit is `cid::NO_CIDS` and
+    /// every thin section misses. Published base first, then the limit with
+    /// release; read limit (acquire) then base.
     hot_base: AtomicPtr<u64>,
     hot_limit: AtomicPtr<u32>,
     words: OnceLock<Result<Words<'static>, StorageError>>,
@@ -100,7 +103,7 @@ impl Shards {
         fn new() -> Shards {
             Shards {
                 hot_base: AtomicPtr::new(std::ptr::null_mut()),
-                hot_limit: AtomicPtr::new(std::ptr::null_mut()),
+                hot_limit: AtomicPtr::new((&raw const cid::NO_CIDS).cast_mut()),
                 words: OnceLock::new(),
                 taken: AtomicU64::new(0),
                 carried: AtomicU64::new(0),
@@ -128,11 +131,21 @@ impl Shards {
         Ok(shards)
     }
 
-    /// Makes the fast path see the words.
+    /// Makes the thin path see the words (a counter without a batch).
     fn publish(&self, words: &Words<'static>) {
+        if self.batch != 0 {
+            return;
+        }
         let (base, limit) = words.first().hot();
-        self.hot_limit.store(limit.cast_mut(), Ordering::Relaxed);
-        self.hot_base.store(base, Ordering::Release);
+        self.hot_base.store(base, Ordering::Relaxed);
+        self.hot_limit.store(limit.cast_mut(), Ordering::Release);
+    }
+
+    /// The thin section's operands (see `hot_base`).
+    #[inline(always)]
+    fn hot(&self) -> HotWord {
+        let limit = self.hot_limit.load(Ordering::Acquire);
+        HotWord::from_parts(self.hot_base.load(Ordering::Relaxed), limit)
     }
 
     #[inline(always)]
@@ -162,33 +175,38 @@ impl Shards {
         }
     }
 
-    /// The fast path: one rseq section on the word's addresses, nothing else.
+    /// The fast path: one thin rseq section on the word's addresses, nothing else.
     #[inline(always)]
     fn add(&self, n: u64) {
-        let base = self.hot_base.load(Ordering::Acquire);
-        if !base.is_null() {
-            let hot = HotWord::from_parts(base, self.hot_limit.load(Ordering::Relaxed));
-            if self.batch == 0 {
-                if hot.try_add_committed(n) {
-                    return;
-                }
-            } else if let Some(shard) = hot.try_add(n) {
-                if let cid::Shard::Cid(idx) = shard {
-                    // SAFETY: the section just committed on `idx`, the words hold
-                    // `CARRIED + 1` words, and `self` keeps them alive.
-                    let (v, c) = unsafe { (hot.unit_word(idx, 0), hot.unit_word(idx, CARRIED)) };
-                    self.carry_words(v, c);
-                }
+        if !self.hot().try_add_committed(n) {
+            self.add_slow(n);
+        }
+    }
+
+    /// Everything past the thin section: a batch's carry, first use, other
+    /// backends, `cpu_id` indexing, aborts, new cids, storage failure.
+    #[inline(never)]
+    fn add_slow(&self, n: u64) {
+        if self.batch != 0
+            && let Some(Ok(words)) = self.words.get()
+        {
+            let (base, limit) = words.first().hot();
+            let hot = HotWord::from_parts(base, limit);
+            if let Some(cid::Shard::Cid(idx)) = hot.try_add(n) {
+                // SAFETY: the section just committed on `idx`, the words hold
+                // `CARRIED + 1` words, and `self` keeps them alive.
+                let (v, c) = unsafe { (hot.unit_word(idx, 0), hot.unit_word(idx, CARRIED)) };
+                self.carry_words(v, c);
                 return;
             }
         }
-        self.add_slow(n);
+        self.add_other(n);
     }
 
     /// First use, other backends, aborts, new cids, storage failure.
     #[cold]
     #[inline(never)]
-    fn add_slow(&self, n: u64) {
+    fn add_other(&self, n: u64) {
         match self.value() {
             Some(word) => {
                 let shard = word.add(n);
@@ -410,6 +428,18 @@ impl Counter {
     /// that run concurrently. Visits only the cids the process used.
     pub fn sum(&self) -> u64 {
         self.shards.sum()
+    }
+
+    /// The address of the counter's word in the first cid's unit (`None` before
+    /// the first add of a `const` counter): benchmarks print its page offset, so a
+    /// reader can rule out 4K aliasing with the loop's own memory.
+    #[doc(hidden)]
+    pub fn word_address(&self) -> Option<usize> {
+        self.shards
+            .words
+            .get()
+            .and_then(|w| w.as_ref().ok())
+            .map(|w| w.first().hot().0 as usize)
     }
 
     /// Reads and resets the counter: every add lands in exactly one `take` or in a

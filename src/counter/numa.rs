@@ -2,7 +2,7 @@
 //! updated on.
 
 use super::Shards;
-use crate::cid::{self, Arena, HotWord, NodeHotWord, Shard, StorageError, Word};
+use crate::cid::{self, Arena, NodeHotWord, Shard, StorageError, Word};
 use crate::numa::{self, Topology};
 use crate::sync::{AtomicPtr, AtomicU32, Ordering};
 use std::fmt;
@@ -84,12 +84,8 @@ impl NumaCounter {
         let dir = self.hot_dir.load(Ordering::Acquire);
         if dir.is_null() {
             // One plane (or not allocated yet): the plain section on plane 0.
-            let base = self.shards.hot_base.load(Ordering::Acquire);
-            if !base.is_null() {
-                let hot = HotWord::from_parts(base, self.shards.hot_limit.load(Ordering::Relaxed));
-                if hot.try_add_committed(n) {
-                    return;
-                }
+            if self.shards.hot().try_add_committed(n) {
+                return;
             }
         } else {
             let woff = self.hot_woff.load(Ordering::Relaxed) as usize;

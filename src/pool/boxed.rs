@@ -146,7 +146,18 @@ impl<T: Send> DerefMut for PoolBox<'_, T> {
 impl<T: Send> Drop for PoolBox<'_, T> {
     #[inline]
     fn drop(&mut self) {
-        self.pool.put(self.slot());
+        let slot = self.slot();
+        // SAFETY: the slot is ours (this box), aligned and a user-space address; the
+        // lists hold only this pool's slots.
+        if unsafe {
+            self.pool
+                .thin_put
+                .get()
+                .thin_list_push(slot.node(), self.pool.capacity)
+        } {
+            return;
+        }
+        self.pool.put(slot);
     }
 }
 

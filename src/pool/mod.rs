@@ -123,11 +123,11 @@ pub const MAX_CAPACITY: usize = (1 << 16) - 2;
 /// Largest alignment a pooled type may ask for.
 pub const MAX_ALIGN: usize = 4096;
 
-/// The materialised-index limit a many-node NUMA pool gives its plain fast path:
-/// with no index below it, the plain section exits at its bound check and the pool
-/// takes its NUMA sections. A plain pool's fast path thereby stays exactly what it
-/// is without NUMA mode (no test of the mode before its section).
-static NO_CIDS: u32 = 0;
+// A many-node NUMA pool gives its plain fast path the limit `NO_CIDS`: the plain
+// section exits at its bound check and the pool takes its NUMA sections. A plain
+// pool's fast path thereby stays exactly what it is without NUMA mode (no test of
+// the mode before its section).
+use crate::cid::NO_CIDS;
 
 /// Slot states (debug checks).
 const FREE: u32 = 1;
@@ -407,7 +407,13 @@ impl<T: Send> PoolBuilder<T> {
                 .map_or_else(|| default_keep_idle::<T>(batch as u64), |k| k as u64),
             purge_delay: self.purge_delay,
         };
+        // The thin paths serve plain pools without debug checks; a drop's, pools
+        // without a reset and a bound too (see `Pool::thin`).
+        let thin_get = nodes == 1 && !self.debug;
+        let thin_put = thin_get && self.reset.is_none() && self.max_objects.is_none();
         Ok(Pool {
+            thin: HotCell::new_if(thin_get, base, limit),
+            thin_put: HotCell::new_if(thin_put, base, limit),
             hot: HotCell::new(base, limit),
             node_hot: (nodes > 1).then(|| heads.first().node_hot()),
             heads: OnceLock::from(heads),
@@ -458,6 +464,15 @@ impl HotCell {
         HotCell {
             base: AtomicPtr::new(base),
             limit: AtomicPtr::new(limit.cast_mut()),
+        }
+    }
+
+    /// `new(base, limit)` when `on`, else [`HotCell::missing`].
+    fn new_if(on: bool, base: *mut u64, limit: *const u32) -> HotCell {
+        if on {
+            HotCell::new(base, limit)
+        } else {
+            HotCell::missing()
         }
     }
 
@@ -512,6 +527,13 @@ fn fork_hold() -> impl Drop {
 /// });
 /// ```
 pub struct Pool<T> {
+    /// The heads word's addresses for [`Pool::get`]'s thin section, the whole of
+    /// its inlined path (`HotCell::missing` in debug mode and for a many-node NUMA
+    /// pool, whose gets take the full path).
+    thin: HotCell,
+    /// As `thin`, for a `PoolBox` drop's thin section: missing also when the pool
+    /// resets values or is bounded (a drop then has more to do than one push).
+    thin_put: HotCell,
     /// The heads word's fast-path addresses (see `HotWord`); in a many-node NUMA
     /// pool, with a limit that makes every plain section miss (`NO_CIDS`), as in a
     /// lazily built pool before its first use.
@@ -626,6 +648,8 @@ impl<T: Send> Pool<T> {
             purge_delay: DEFAULT_PURGE_DELAY,
         };
         Pool {
+            thin: HotCell::missing(),
+            thin_put: HotCell::missing(),
             hot: HotCell::missing(),
             node_hot: None,
             heads: OnceLock::new(),
@@ -670,8 +694,21 @@ impl<T: Send> Pool<T> {
             });
             let (base, limit) = heads.first().hot();
             self.hot.set(base, limit);
+            if !self.debug {
+                // A lazily built pool has no reset and no bound.
+                self.thin.set(base, limit);
+                self.thin_put.set(base, limit);
+            }
             heads
         })
+    }
+
+    /// The address of the cache-head word in the first cid's unit (`None` before
+    /// a lazily built pool's first use): benchmarks print its page offset (see
+    /// `Counter::word_address`).
+    #[doc(hidden)]
+    pub fn head_address(&self) -> Option<usize> {
+        self.heads.get().map(|h| h.first().hot().0 as usize)
     }
 
     /// The shrink policy.
@@ -714,6 +751,24 @@ impl<T: Send> Pool<T> {
     /// forever, as nothing would wake it ([`Pool::try_get`] returns `None` then).
     #[inline]
     pub fn get(&self) -> PoolBox<'_, T> {
+        // SAFETY: every node on the heads' lists is a slot of this pool, alive as
+        // long as the pool, and only list operations (or a drainer that owns the
+        // list) write the heads and the links of listed slots.
+        if let Some(node) = unsafe { self.thin.get().thin_list_pop() } {
+            return PoolBox {
+                pool: self,
+                // SAFETY: a listed node is a slot of this pool.
+                slot: NonNull::from(unsafe { Slot::from_node(node) }),
+                _not_sync: PhantomData,
+            };
+        }
+        self.get_slow()
+    }
+
+    /// [`Pool::get`] past its thin section: the full pop (another backend, an
+    /// abort, an empty cache, debug checks), then the depot, a new slab or a wait.
+    #[inline(never)]
+    fn get_slow(&self) -> PoolBox<'_, T> {
         if let Some(slot) = self.pop() {
             return self.boxed(slot);
         }
@@ -1026,8 +1081,10 @@ impl<T: Send> Pool<T> {
     }
 
     /// Returns a slot: its value is reset, then pushed on the caller's cache, or
-    /// (cache full) moved to the depot with a batch of the cache.
-    #[inline]
+    /// (cache full) moved to the depot with a batch of the cache. A `PoolBox` drop
+    /// comes here past its thin section (reset, debug checks, a full cache, a
+    /// bounded pool's waiters, another backend).
+    #[inline(never)]
     fn put(&self, slot: &Slot<T>) {
         if let Some(reset) = &self.reset {
             // SAFETY: the caller owned the slot (its `PoolBox`), nobody else

@@ -59,6 +59,9 @@ thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
     /// Address of the area's `node_id` when the kernel maintains it, else 0.
     static NODE: Cell<usize> = const { Cell::new(0) };
+    /// The area again when this thread may run the thin sections (rseq backend,
+    /// indexed by `mm_cid`), else 0: the fast paths' one thread-local load.
+    static THIN: Cell<usize> = const { Cell::new(0) };
     /// Why this thread is not on the rseq backend (errno of our registration attempt).
     static SELF_ERRNO: Cell<i32> = const { Cell::new(0) };
     /// Length of our own registration of this thread's area (0: none); it is
@@ -337,6 +340,7 @@ pub(crate) fn force_portable() {
         AREA.set(PORTABLE);
         INDEX.set(0);
         NODE.set(0);
+        THIN.set(0);
     }
 }
 
@@ -440,8 +444,29 @@ fn publish(process: &Process, area: usize) {
         if process.node_id {
             NODE.set(area + abi::offset::NODE_ID);
         }
+        AREA.set(area);
+        if process.index == IndexMode::MmCid {
+            THIN.set(area);
+        }
+    } else {
+        AREA.set(area);
     }
-    AREA.set(area);
+}
+
+/// The calling thread's area when its fast paths may run the thin sections
+/// (`arch`'s `thin_*`: rseq backend, indexed by `mm_cid`), else 0: an unresolved
+/// thread, another backend or `cpu_id` indexing. One thread-local load.
+#[cfg(not(loom))]
+#[inline(always)]
+pub(crate) fn thin_area() -> usize {
+    THIN.get()
+}
+
+/// Under loom no thread runs rseq sections.
+#[cfg(loom)]
+#[inline(always)]
+pub(crate) fn thin_area() -> usize {
+    0
 }
 
 /// Address of the calling thread's index field (`mm_cid` or `cpu_id`), when it has a
@@ -554,7 +579,10 @@ fn owned_key() -> Option<libc::pthread_key_t> {
 /// exiting thread, then frees its page.
 extern "C" fn unregister_owned(value: *mut libc::c_void) {
     let len = OWNED_LEN.get();
-    // Later destructors of this thread must not find the area any more.
+    // Later destructors of this thread must not find the area any more: no section
+    // may run once it is unregistered (the sections do not check, see
+    // `arch::x86_64`, "No registration check").
+    THIN.set(0);
     AREA.set(PORTABLE);
     INDEX.set(0);
     NODE.set(0);

@@ -47,7 +47,25 @@ mod portable_only {
 
     /// # Safety
     /// None needed: nothing is accessed.
-    pub(crate) unsafe fn load_add_store_committed(_: SectionSite, _: *mut u64, _: u64) -> bool {
+    pub(crate) unsafe fn thin_add(_: usize, _: *mut u64, _: *const u32, _: u64) -> bool {
+        false
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
+    pub(crate) unsafe fn thin_list_pop(_: usize, _: *mut u64, _: *const u32) -> usize {
+        0
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
+    pub(crate) unsafe fn thin_list_push(
+        _: usize,
+        _: *mut u64,
+        _: *const u32,
+        _: usize,
+        _: u64,
+    ) -> bool {
         false
     }
 
