@@ -244,6 +244,68 @@ impl PerCidAlloc {
         HEAP.pool.dirty.load(Ordering::Relaxed) as usize * span::SPAN
     }
 
+    /// [`GlobalAlloc::alloc`] past its thin section: other backends, an empty
+    /// cache, poisoning, the heap's set-up.
+    ///
+    /// # Safety
+    /// As for [`GlobalAlloc::alloc`].
+    #[inline(never)]
+    unsafe fn alloc_full(&self, layout: Layout) -> *mut u8 {
+        let Some(class) = class_of(layout) else {
+            // SAFETY: forwarded from the caller.
+            return unsafe { System.alloc(layout) };
+        };
+        if HEAP.ready() && !in_internal() && crate::rseq::registration::thread_resolved() {
+            // SAFETY: every node on a class's lists is a free block of that class,
+            // inside committed spans that are never unmapped, and only list
+            // operations (or a drainer that owns a list) write heads and links.
+            if let Some((node, _)) = unsafe { HEAP.head(class).list_pop() } {
+                return checked(node as *mut u8, class);
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.alloc_slow(layout, class) }
+    }
+
+    /// [`GlobalAlloc::dealloc`] past its thin section (as [`PerCidAlloc::alloc_full`]).
+    ///
+    /// # Safety
+    /// As for [`GlobalAlloc::dealloc`].
+    #[inline(never)]
+    unsafe fn dealloc_full(&self, ptr: *mut u8, layout: Layout) {
+        // Ready first: `base` and `len` are published before the ready state.
+        if !(HEAP.ready() && HEAP.contains(ptr)) {
+            // SAFETY: not ours, so the system allocator's, with this layout.
+            return unsafe { System.dealloc(ptr, layout) };
+        }
+        // A block of ours was allocated through `class_of(layout)`, which is Some.
+        let Some(class) = class_of(layout) else {
+            return;
+        };
+        if HEAP.poison.load(Ordering::Relaxed) {
+            HEAP.free_map.mark_free(ptr, class_size(class));
+            debug::poison(ptr, class);
+        }
+        let push = || {
+            // SAFETY: the block is ours (the caller gives it back), 16-byte aligned,
+            // below 2^48; the lists hold only this class's free blocks.
+            unsafe {
+                HEAP.head(class)
+                    .list_push(ptr as usize, cache_capacity(class))
+            }
+            .is_ok()
+        };
+        let pushed = if crate::rseq::registration::thread_resolved() {
+            push()
+        } else {
+            // The thread's first section resolves its registration: guarded.
+            guarded(push)
+        };
+        if !pushed {
+            self.spill(class, ptr as usize);
+        }
+    }
+
     #[cold]
     #[inline(never)]
     unsafe fn alloc_slow(&self, layout: Layout, class: usize) -> *mut u8 {
@@ -335,55 +397,34 @@ fn install(head: Word<'static>, class: usize, mut rest: u64) {
 unsafe impl GlobalAlloc for PerCidAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let Some(class) = class_of(layout) else {
-            // SAFETY: forwarded from the caller.
-            return unsafe { System.alloc(layout) };
-        };
-        if HEAP.ready() && !in_internal() && crate::rseq::registration::thread_resolved() {
+        if let Some(class) = class_of(layout)
+            && !in_internal()
+        {
             // SAFETY: every node on a class's lists is a free block of that class,
             // inside committed spans that are never unmapped, and only list
             // operations (or a drainer that owns a list) write heads and links.
-            if let Some((node, _)) = unsafe { HEAP.head(class).list_pop() } {
-                return checked(node as *mut u8, class);
+            if let Some(node) = unsafe { HEAP.hot(class).thin_list_pop() } {
+                return node as *mut u8;
             }
         }
         // SAFETY: forwarded from the caller.
-        unsafe { self.alloc_slow(layout, class) }
+        unsafe { self.alloc_full(layout) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // Ready first: `base` and `len` are published before the ready state.
-        if !(HEAP.ready() && HEAP.contains(ptr)) {
-            // SAFETY: not ours, so the system allocator's, with this layout.
-            return unsafe { System.dealloc(ptr, layout) };
-        }
-        // A block of ours was allocated through `class_of(layout)`, which is Some.
-        let Some(class) = class_of(layout) else {
-            return;
-        };
-        if HEAP.poison.load(Ordering::Relaxed) {
-            HEAP.free_map.mark_free(ptr, class_size(class));
-            debug::poison(ptr, class);
-        }
-        let push = || {
-            // SAFETY: the block is ours (the caller gives it back), 16-byte aligned,
+        if HEAP.contains(ptr)
+            && let Some(class) = class_of(layout)
+        {
+            // SAFETY: the block is ours (in the reservation, which holds blocks only
+            // once the heap is ready; the caller gives it back), 16-byte aligned,
             // below 2^48; the lists hold only this class's free blocks.
-            unsafe {
-                HEAP.head(class)
-                    .list_push(ptr as usize, cache_capacity(class))
+            if unsafe { HEAP.hot(class).thin_list_push(ptr as usize, cache_capacity(class)) } {
+                return;
             }
-            .is_ok()
-        };
-        let pushed = if crate::rseq::registration::thread_resolved() {
-            push()
-        } else {
-            // The thread's first section resolves its registration: guarded.
-            guarded(push)
-        };
-        if !pushed {
-            self.spill(class, ptr as usize);
         }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.dealloc_full(ptr, layout) }
     }
 
     #[inline]

@@ -4,8 +4,9 @@
 //! read once. Each thread then resolves its own handle lazily, on its first use:
 //! glibc's area when glibc registered the thread, else an area this crate registers
 //! (and unregisters in a thread-local destructor, before that memory is freed), else
-//! the portable backend. The result is cached in two `const` thread-locals, so the
-//! fast path of every operation costs two thread-pointer-relative loads.
+//! the portable backend. The result is cached in `const` thread-locals: the thin
+//! fast paths (`Counter::add`, `Pool::get`, a `PoolBox` drop, the allocator) cost
+//! one thread-pointer-relative load (`THIN`), the full sections two.
 //!
 //! # Finding glibc's registration
 //!

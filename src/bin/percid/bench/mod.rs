@@ -41,6 +41,62 @@ pub fn memory_child(args: &[String]) -> Result<String, String> {
     memory::child(args)
 }
 
+/// A `u64` the compiler cannot see through, passed in a register: the barrier of the
+/// per-operation loops of `bench counter` and `bench pool`, on percid and every peer
+/// alike.
+///
+/// Not `std::hint::black_box`: that stores its argument to a stack slot and hands the
+/// compiler's barrier a pointer to it, so a loop calling it once per operation stores
+/// to and reloads the stack every iteration. When that slot shares address bits
+/// 0..11 with the word under test (4K aliasing), the CPU takes the word's load for a
+/// possible reload of the store and waits, and the same code read 5x slower in one
+/// link layout than in another. This passes the value through an empty `asm!` in a
+/// register instead. The asm is not `nomem` (nor `pure`): the compiler must assume it
+/// reads and writes memory, so a loop of increments (a thread-local cell's, an atomic
+/// add) is not folded into one add, and stays one operation per iteration. This and
+/// [`opaque_ptr`] are the binary's only asm; other architectures get `black_box`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn opaque(mut x: u64) -> u64 {
+    // SAFETY: the template is a comment: no instruction runs. The asm reads and
+    // writes only `x`'s register, leaving it unchanged, and touches neither the
+    // stack (`nostack`) nor the flags (`preserves_flags`).
+    unsafe {
+        std::arch::asm!("/* {0} */", inout(reg) x, options(nostack, preserves_flags));
+    }
+    x
+}
+
+/// [`opaque`] where there is no register-only barrier.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub fn opaque(x: u64) -> u64 {
+    black_box(x)
+}
+
+/// [`opaque`] for a reference: `p`, which the compiler must assume the (empty) asm
+/// may have read through, written through or replaced. Calling it on the subject of
+/// every operation (`opaque_ptr(&counter).inc()`) keeps every operation.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn opaque_ptr<T>(p: &T) -> &T {
+    let mut ptr = std::ptr::from_ref(p);
+    // SAFETY: as in `opaque`: no instruction runs, only `ptr`'s register is named
+    // and it comes back unchanged.
+    unsafe {
+        std::arch::asm!("/* {0} */", inout(reg) ptr, options(nostack, preserves_flags));
+    }
+    // SAFETY: `ptr` is `p` unchanged, so it is valid and shared for `p`'s lifetime.
+    unsafe { &*ptr }
+}
+
+/// [`opaque_ptr`] where there is no register-only barrier.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+pub fn opaque_ptr<T>(p: &T) -> &T {
+    black_box(p)
+}
+
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::io::{IsTerminal, Write as _};
@@ -70,6 +126,7 @@ impl Bench {
         Report::new(self.name, config, machine, results, self.ratios)
             .with_cpu(recorded.cpu)
             .with_readings(recorded.readings)
+            .with_layout(recorded.layout)
     }
 }
 
@@ -451,6 +508,7 @@ struct Recorded {
     /// Per case, process CPU ns per op of each round.
     cpu: Vec<Measurement>,
     readings: Vec<Reading>,
+    layout: Vec<PageOffset>,
 }
 
 thread_local! {
@@ -628,6 +686,53 @@ pub struct Reading {
     pub detail: String,
 }
 
+/// Where a hot word a benchmark hammers sits within its 4 KiB page: shown on the
+/// report's layout line, so a reader can rule out 4K aliasing between it and the
+/// loop's own memory (see [`opaque`]).
+#[derive(Clone, Debug)]
+pub struct PageOffset {
+    /// What the entries share, as `"1t"` for the instances of the 1-thread cases.
+    pub group: String,
+    /// The word, as `"percid::Counter word"`.
+    pub what: String,
+    /// `address & 0xfff`; `None` when it cannot be seen from outside.
+    pub offset: Option<usize>,
+}
+
+/// Records the page offset of `address` (`None`: unknown) for the report
+/// [`Bench::report`] builds next on this thread.
+pub fn record_layout(group: &str, what: &str, address: Option<usize>) {
+    let entry = PageOffset {
+        group: group.to_owned(),
+        what: what.to_owned(),
+        offset: address.map(|a| a & 0xfff),
+    };
+    RECORDED.with_borrow_mut(|r| r.layout.push(entry));
+}
+
+/// The calling thread's rseq area when glibc registered it (thread pointer +
+/// `__rseq_offset`): every percid operation stores to it (arming `rseq_cs`), so its
+/// page offset belongs on the layout line beside the words the operation loads.
+/// `None` when percid registered its own area or the C library is not glibc.
+pub fn rseq_area_address() -> Option<usize> {
+    if percid::rseq::status().owner != percid::rseq::Owner::Glibc
+        || !cfg!(all(target_arch = "x86_64", target_env = "gnu"))
+    {
+        return None;
+    }
+    // SAFETY: a NUL-terminated name; dlsym only looks it up.
+    let offset = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr()) };
+    if offset.is_null() {
+        return None;
+    }
+    // SAFETY: glibc's `const ptrdiff_t __rseq_offset`, set before any thread runs.
+    let offset = unsafe { offset.cast::<isize>().read() };
+    // On x86_64 glibc the thread pointer is the thread's `struct pthread`.
+    // SAFETY: pthread_self has no preconditions.
+    let thread_pointer = unsafe { libc::pthread_self() } as usize;
+    Some(thread_pointer.wrapping_add_signed(offset))
+}
+
 /// Records a [`Reading`] for the report [`Bench::report`] builds next on this thread.
 pub fn record_reading(reading: Reading) {
     RECORDED.with_borrow_mut(|r| r.readings.push(reading));
@@ -650,6 +755,8 @@ pub struct Report {
     pub ratios: Vec<(Ratio, Basis, Option<f64>)>,
     pub extras: Vec<Extra>,
     pub readings: Vec<Reading>,
+    /// Page offsets of the hot words, grouped; empty for benchmarks that record none.
+    pub layout: Vec<PageOffset>,
     pub targets: &'static [Target],
 }
 
@@ -680,6 +787,7 @@ impl Report {
             ratios,
             extras: std::mem::take(&mut *EXTRAS.lock().unwrap_or_else(|p| p.into_inner())),
             readings: Vec::new(),
+            layout: Vec::new(),
             targets: Target::of(bench),
         }
     }
@@ -699,6 +807,46 @@ impl Report {
     pub fn with_readings(mut self, readings: Vec<Reading>) -> Report {
         self.readings.extend(readings);
         self
+    }
+
+    /// Adds the page offsets of the hot words.
+    pub fn with_layout(mut self, layout: Vec<PageOffset>) -> Report {
+        self.layout.extend(layout);
+        self
+    }
+
+    /// The layout groups in the order first recorded, each with its entries.
+    fn layout_groups(&self) -> Vec<(&str, Vec<&PageOffset>)> {
+        let mut groups: Vec<(&str, Vec<&PageOffset>)> = Vec::new();
+        for p in &self.layout {
+            match groups.iter_mut().find(|(g, _)| *g == p.group) {
+                Some((_, entries)) => entries.push(p),
+                None => groups.push((&p.group, vec![p])),
+            }
+        }
+        groups
+    }
+
+    /// The layout lines under the machine line, empty without a layout.
+    fn layout_text(&self) -> String {
+        let mut out = String::new();
+        if self.layout.is_empty() {
+            return out;
+        }
+        out.push_str("layout: page offsets (address & 0xfff) of the hot words\n");
+        for (group, entries) in self.layout_groups() {
+            let entries: Vec<String> = entries
+                .iter()
+                .map(|p| {
+                    let offset = p
+                        .offset
+                        .map_or_else(|| "n/a".to_owned(), |o| format!("{o:#05x}"));
+                    format!("{} {offset}", p.what)
+                })
+                .collect();
+            let _ = writeln!(out, "  {group}: {}", entries.join(", "));
+        }
+        out
     }
 
     fn target(&self, key: &str) -> Option<&Target> {
@@ -738,6 +886,7 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "{}", self.machine.text());
+        out.push_str(&self.layout_text());
         let _ = writeln!(
             out,
             "bench {}: {} alternating rounds of ~{} ms per case; ns/op = wall-clock ns per \
@@ -912,6 +1061,16 @@ impl Report {
         // Only benchmarks with goals carry the key, so others' JSON is unchanged.
         if !self.targets.is_empty() {
             pairs.push(("targets".to_owned(), Json::object(targets)));
+        }
+        // Only benchmarks that record a layout carry the key, after all the others.
+        if !self.layout.is_empty() {
+            let groups = self.layout_groups().into_iter().map(|(group, entries)| {
+                let offsets = entries
+                    .into_iter()
+                    .map(|p| (p.what.as_str(), p.offset.map_or(Json::Null, Json::from)));
+                (group, Json::object(offsets))
+            });
+            pairs.push(("page_offsets".to_owned(), Json::object(groups)));
         }
         json
     }
@@ -1102,6 +1261,44 @@ mod tests {
         assert_eq!(recorded.cpu[0].name, wall[0].name);
         assert_eq!(recorded.cpu[0].samples.len(), wall[0].samples.len());
         assert!(RECORDED.take().cpu.is_empty(), "taken once");
+    }
+
+    #[test]
+    fn opaque_hands_back_what_it_got() {
+        assert_eq!(opaque(0xdead_beef), 0xdead_beef);
+        let x = [1u64, 2, 3];
+        assert!(std::ptr::eq(opaque_ptr(&x), &x));
+        // A loop of increments through the barrier counts every one.
+        let cell = std::cell::Cell::new(0u64);
+        for _ in 0..1000 {
+            let c = opaque_ptr(&cell);
+            c.set(c.get() + 1);
+        }
+        assert_eq!(cell.get(), 1000);
+    }
+
+    #[test]
+    fn layout_reaches_the_table_and_the_json() {
+        let cfg = Config::new(true);
+        let bare = Report::new("test", &cfg, MachineLine::probe(), Vec::new(), &[]);
+        assert!(!bare.table().contains("layout:"));
+        assert!(!bare.json().to_string().contains("page_offsets"));
+        let word = 0x7f00_1234_5048_usize;
+        record_layout("1t", "word", Some(word));
+        record_layout("1t", "cell", None);
+        record_layout("2t", "word", Some(0x1080));
+        let report = Report::new("test", &cfg, MachineLine::probe(), Vec::new(), &[])
+            .with_layout(RECORDED.take().layout);
+        let table = report.table();
+        assert!(
+            table.contains("\n  1t: word 0x048, cell n/a\n  2t: word 0x080\n"),
+            "{table}"
+        );
+        let json = report.json().to_string();
+        assert!(
+            json.ends_with(r#","page_offsets":{"1t":{"word":72,"cell":null},"2t":{"word":128}}}"#),
+            "{json}"
+        );
     }
 
     #[test]

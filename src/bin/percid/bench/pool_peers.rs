@@ -11,17 +11,23 @@
 //! pool.
 //!
 //! Every object handle implements [`Handle`]: what the workloads do with an object
-//! while they hold it (`touch`, its address through `black_box`), and dropping the
+//! while they hold it (`touch`, its address through `opaque_ptr`), and dropping the
 //! handle gives the object back, as dropping a `percid::PoolBox` does.
+//!
+//! `opaque` and `opaque_ptr` come from the includer (`super`): the percid binary's
+//! bench module, or the criterion bench's own copy. They are register-only barriers:
+//! `std::hint::black_box` would store each object's address to a stack slot per
+//! operation, and that slot can 4K-alias the pool's hot words.
 
 // Each includer uses a different subset (the criterion bench skips some peers).
 #![allow(dead_code)]
 
 use std::cell::UnsafeCell;
-use std::hint::black_box;
 use std::mem::{ManuallyDrop, MaybeUninit};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{opaque, opaque_ptr};
 
 /// The pooled object: 64 bytes, one cache line.
 pub(crate) type Obj = [u64; 8];
@@ -31,22 +37,22 @@ pub(crate) const ZERO: Obj = [0; 8];
 
 /// Something a workload holds: an object it got, given back when dropped.
 pub(crate) trait Handle {
-    /// Makes the object's address escape (`black_box`), so no get/give-back pair can be
-    /// folded away by the compiler.
+    /// Makes the object's address escape (`opaque_ptr`), so no get/give-back pair can
+    /// be folded away by the compiler.
     fn touch(&self);
 }
 
 impl<T: Send> Handle for percid::PoolBox<'_, T> {
     #[inline]
     fn touch(&self) {
-        black_box(&**self);
+        opaque_ptr(&**self);
     }
 }
 
 impl<T> Handle for Box<T> {
     #[inline]
     fn touch(&self) {
-        black_box(&**self);
+        opaque_ptr(&**self);
     }
 }
 
@@ -83,7 +89,7 @@ impl Handle for SysBox {
     #[inline]
     fn touch(&self) {
         // SAFETY: the object is initialised and owned by this handle.
-        black_box(unsafe { self.0.as_ref() });
+        opaque_ptr(unsafe { self.0.as_ref() });
     }
 }
 
@@ -129,6 +135,11 @@ impl MutexPool {
     pub(crate) fn parked(&self) -> usize {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+
+    /// The mutex's address: its lock word and the vector's length are within it.
+    pub(crate) fn address(&self) -> usize {
+        std::ptr::from_ref(&self.free) as usize
+    }
 }
 
 /// An object of a [`MutexPool`].
@@ -140,7 +151,7 @@ pub(crate) struct MutexBox<'a> {
 impl Handle for MutexBox<'_> {
     #[inline]
     fn touch(&self) {
-        black_box(&**self.obj);
+        opaque_ptr(&**self.obj);
     }
 }
 
@@ -164,7 +175,6 @@ pub(crate) use with_feature::*;
 #[cfg(feature = "peers")]
 mod with_feature {
     use std::alloc::{GlobalAlloc, Layout, handle_alloc_error};
-    use std::hint::black_box;
     use std::mem::ManuallyDrop;
     use std::ptr::NonNull;
 
@@ -173,7 +183,7 @@ mod with_feature {
     use mimalloc::MiMalloc;
     use sharded_slab::Clear;
 
-    use super::{Handle, Obj, ZERO, boxed};
+    use super::{Handle, Obj, ZERO, boxed, opaque, opaque_ptr};
 
     /// An object from mimalloc, called directly through `GlobalAlloc` with
     /// `Layout::new::<Obj>()` and written like `Box::new` writes its value.
@@ -202,7 +212,7 @@ mod with_feature {
         #[inline]
         fn touch(&self) {
             // SAFETY: the object is initialised and owned by this handle.
-            black_box(unsafe { self.0.as_ref() });
+            opaque_ptr(unsafe { self.0.as_ref() });
         }
     }
 
@@ -223,7 +233,7 @@ mod with_feature {
     impl Handle for LinearReusable<'_, Obj> {
         #[inline]
         fn touch(&self) {
-            black_box(&**self);
+            opaque_ptr(&**self);
         }
     }
 
@@ -253,7 +263,7 @@ mod with_feature {
         let created = pool
             .create()
             .expect("bench pool: sharded-slab is full (more threads than it supports)");
-        black_box(&created.0);
+        opaque_ptr(&created.0);
         SlabBox {
             pool,
             key: created.key(),
@@ -264,7 +274,7 @@ mod with_feature {
         #[inline]
         fn touch(&self) {
             // The object was touched in `slab_get`, while its guard was alive.
-            black_box(self.key);
+            opaque(self.key as u64);
         }
     }
 
@@ -302,6 +312,11 @@ mod with_feature {
         pub(crate) fn parked(&self) -> usize {
             self.free.len()
         }
+
+        /// The queue's address: its head and tail indices are within it.
+        pub(crate) fn address(&self) -> usize {
+            std::ptr::from_ref(&self.free) as usize
+        }
     }
 
     /// An object of a [`QueuePool`].
@@ -313,7 +328,7 @@ mod with_feature {
     impl Handle for QueueBox<'_> {
         #[inline]
         fn touch(&self) {
-            black_box(&**self.obj);
+            opaque_ptr(&**self.obj);
         }
     }
 
