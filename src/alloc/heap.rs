@@ -4,10 +4,10 @@
 use super::class::CLASSES;
 use super::debug::FreeMap;
 use super::span::{Class, SPAN, SpanPool, SpanTable};
-use crate::cid::{Arena, HotWord, Word, Words};
+use crate::cid::{Arena, ThinCell, Word, Words};
 use crate::rseq::registration::internal as guarded;
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 /// Address space reserved for spans (tried in this order).
 const RESERVATIONS: [usize; 3] = [64 << 30, 8 << 30, 1 << 30];
@@ -67,12 +67,10 @@ pub(super) struct Heap {
     /// The cache heads (word `c` is class `c`'s), then the idle scan's snapshots of
     /// them (word `CLASSES + c`): a leaked `Words`.
     heads: AtomicUsize,
-    /// The thin sections' operands (see `HotWord`): class 0's head word in the
-    /// first cid's unit, and its chunk's limit. The limit stays `cid::NO_CIDS`
-    /// (every thin section misses) until the heap is ready, and for good with
-    /// poisoning, whose handed-out and freed blocks must be checked.
-    hot_base: AtomicUsize,
-    hot_limit: AtomicPtr<u32>,
+    /// The thin sections' operands (see `ThinCell`), on class 0's head word (class
+    /// `c`'s is `c` words further): missing until the heap is ready, and for good
+    /// with poisoning, whose handed-out and freed blocks must be checked.
+    pub(super) thin: ThinCell,
     pub(super) free_map: FreeMap,
     pub(super) spans: SpanTable,
     pub(super) pool: SpanPool,
@@ -90,8 +88,7 @@ pub(super) static HEAP: Heap = Heap {
     len: AtomicUsize::new(0),
     bump: AtomicUsize::new(0),
     heads: AtomicUsize::new(0),
-    hot_base: AtomicUsize::new(0),
-    hot_limit: AtomicPtr::new((&raw const crate::cid::NO_CIDS).cast_mut()),
+    thin: ThinCell::missing(),
     free_map: FreeMap::new(),
     spans: SpanTable::new(),
     pool: SpanPool::new(),
@@ -214,21 +211,17 @@ impl Heap {
         self.state
             .store(if ok { READY } else { FAILED }, Ordering::Release);
         if ok && !poison {
-            // Base first, the limit last (release): a thin section that sees the
-            // limit sees the base and the whole set-up.
-            let (base, limit) = self.head(0).hot();
-            self.hot_base.store(base as usize, Ordering::Relaxed);
-            self.hot_limit.store(limit.cast_mut(), Ordering::Release);
+            self.thin.set(self.head(0).hot());
         }
         ok
     }
 
-    /// Class `class`'s cache head as a thin section's operands (see `hot_base`).
-    #[inline(always)]
-    pub(super) fn hot(&self, class: usize) -> HotWord {
-        let limit = self.hot_limit.load(Ordering::Acquire);
-        let base = self.hot_base.load(Ordering::Relaxed) as *mut u64;
-        HotWord::from_parts(base.wrapping_add(class), limit)
+    /// Raises the thin sections' count after a slow path (see `ThinCell::refresh`).
+    #[inline]
+    pub(super) fn refresh_thin(&self) {
+        if self.ready() {
+            self.thin.refresh(self.head(0).hot().1);
+        }
     }
 
     fn set_up(&self) -> bool {

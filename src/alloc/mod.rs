@@ -251,6 +251,8 @@ impl PerCidAlloc {
     /// As for [`GlobalAlloc::alloc`].
     #[inline(never)]
     unsafe fn alloc_full(&self, layout: Layout) -> *mut u8 {
+        // A new cid materialised since the count was read? Then the next is thin.
+        HEAP.refresh_thin();
         let Some(class) = class_of(layout) else {
             // SAFETY: forwarded from the caller.
             return unsafe { System.alloc(layout) };
@@ -273,6 +275,7 @@ impl PerCidAlloc {
     /// As for [`GlobalAlloc::dealloc`].
     #[inline(never)]
     unsafe fn dealloc_full(&self, ptr: *mut u8, layout: Layout) {
+        HEAP.refresh_thin();
         // Ready first: `base` and `len` are published before the ready state.
         if !(HEAP.ready() && HEAP.contains(ptr)) {
             // SAFETY: not ours, so the system allocator's, with this layout.
@@ -403,7 +406,7 @@ unsafe impl GlobalAlloc for PerCidAlloc {
             // SAFETY: every node on a class's lists is a free block of that class,
             // inside committed spans that are never unmapped, and only list
             // operations (or a drainer that owns a list) write heads and links.
-            if let Some(node) = unsafe { HEAP.hot(class).thin_list_pop() } {
+            if let Some(node) = unsafe { HEAP.thin.list_pop_at(class) } {
                 return node as *mut u8;
             }
         }
@@ -419,7 +422,7 @@ unsafe impl GlobalAlloc for PerCidAlloc {
             // SAFETY: the block is ours (in the reservation, which holds blocks only
             // once the heap is ready; the caller gives it back), 16-byte aligned,
             // below 2^48; the lists hold only this class's free blocks.
-            if unsafe { HEAP.hot(class).thin_list_push(ptr as usize, cache_capacity(class)) } {
+            if unsafe { HEAP.thin.list_push_at(class, ptr as usize, cache_capacity(class)) } {
                 return;
             }
         }

@@ -278,13 +278,13 @@ impl Tallies for ModelTallies {
 #[cfg(not(loom))]
 mod imp {
     use super::{Gate, Lazy, Tallies};
-    use crate::cid::HotWord;
+    use crate::cid::ThinCell;
     use crate::cid::arena::State;
     use crate::cid::{Word, Words};
     use crate::sync::MutexGuard;
     use std::cell::{Cell, UnsafeCell};
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicPtr, AtomicU8, AtomicU64, Ordering, compiler_fence, fence};
+    use std::sync::atomic::{AtomicU8, AtomicU64, Ordering, compiler_fence, fence};
 
     // --- Registration of the handlers -------------------------------------------
 
@@ -361,34 +361,21 @@ mod imp {
     fn tally_slow(which: usize) -> Option<Word<'static>> {
         let words = crate::cid::global().alloc(2).ok()?;
         let words = TALLY.get_or_init(|| words);
-        for (i, base) in HOT_BASE.iter().enumerate() {
-            let (b, limit) = words.first().offset_by(i).hot();
-            HOT_LIMIT.store(limit as *mut u32, Ordering::Relaxed);
-            base.store(b, Ordering::Release);
-        }
+        THIN.set(words.first().hot());
         Some(words.first().offset_by(which))
     }
 
-    /// The tally words' rseq fast path (base of each word in unit 0, and the
-    /// chunk's limit: see `HotWord`), published once the words exist: a region's
-    /// entry and exit are then one critical section each, as a `Counter` add.
-    static HOT_BASE: [AtomicPtr<u64>; 2] = [
-        AtomicPtr::new(std::ptr::null_mut()),
-        AtomicPtr::new(std::ptr::null_mut()),
-    ];
-    static HOT_LIMIT: AtomicPtr<u32> = AtomicPtr::new(std::ptr::null_mut());
+    /// The tally words' thin section (word `ENTERED`'s cell; `LEFT` is the next
+    /// word), set once the words exist: a region's entry and exit are then one
+    /// critical section each, as a `Counter` add.
+    static THIN: ThinCell = ThinCell::missing();
 
     impl Tallies for PerCidTallies {
         #[inline]
         fn count(&self, which: usize) {
-            let base = HOT_BASE[which].load(Ordering::Acquire);
-            if !base.is_null() {
-                let hot = HotWord::from_parts(base, HOT_LIMIT.load(Ordering::Relaxed));
-                if hot.try_add_committed(1) {
-                    return;
-                }
+            if !THIN.add_at(which, 1) {
+                self.count_slow(which);
             }
-            self.count_slow(which);
         }
 
         fn total(&self, which: usize) -> u64 {
@@ -405,6 +392,7 @@ mod imp {
             match tally(which) {
                 Some(word) => {
                     word.add(1);
+                    THIN.refresh(word.hot().1);
                 }
                 None => {
                     SPARE[which].fetch_add(1, Ordering::SeqCst);

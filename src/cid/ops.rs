@@ -338,52 +338,6 @@ impl HotWord {
         HotWord { base, limit }
     }
 
-    /// One thin `load_add_store` (see `arch`, "Thin sections"), for callers that do
-    /// not need the shard: true when it committed, false for anything else (the
-    /// caller then takes [`Word::add`]). A hot word whose limit is [`NO_CIDS`]
-    /// always misses, whatever its base.
-    #[inline(always)]
-    pub(crate) fn try_add_committed(self, v: u64) -> bool {
-        let area = thin_area();
-        // SAFETY: `base` and `limit` come from `Word::hot` of a live word (the caller
-        // keeps the word's allocation alive), or the limit is `NO_CIDS` and the
-        // section stops before it addresses anything; `area` is this thread's
-        // registered area.
-        area != 0 && unsafe { arch::thin_add(area, self.base, self.limit, v) }
-    }
-
-    /// One thin `list_pop`: the node it popped, or `None` for anything else (an
-    /// empty list too: the caller then takes [`Word::list_pop`], which refills).
-    ///
-    /// # Safety
-    /// As for [`Word::list_pop`], for the word this hot word was made from.
-    #[inline(always)]
-    pub(crate) unsafe fn thin_list_pop(self) -> Option<usize> {
-        let area = thin_area();
-        if area == 0 {
-            return None;
-        }
-        // SAFETY: as in `try_add_committed`; listed nodes are live (the caller's
-        // contract).
-        let node = unsafe { arch::thin_list_pop(area, self.base, self.limit) };
-        (node != 0).then_some(node)
-    }
-
-    /// One thin `list_push`: true when it committed, false for anything else (a
-    /// full list too; the node's link may have been written).
-    ///
-    /// # Safety
-    /// As for [`Word::list_push`], for the word this hot word was made from.
-    #[inline(always)]
-    pub(crate) unsafe fn thin_list_push(self, node: usize, max_len: u16) -> bool {
-        let area = thin_area();
-        // SAFETY: as in `thin_list_pop`; the node is the caller's.
-        area != 0
-            && unsafe {
-                arch::thin_list_push(area, self.base, self.limit, node, u64::from(max_len))
-            }
-    }
-
     /// One attempt of `list_pop` on the rseq backend: `Some(Some(node))` when it
     /// committed, `Some(None)` when the list is empty, `None` for anything else (the
     /// caller then takes [`Word::list_pop`]).
@@ -437,21 +391,168 @@ impl HotWord {
         unsafe { &*(self.base.add(offset) as *const AtomicU64) }
     }
 
-    /// One attempt of `load_add_store` on the rseq backend. `None` for anything but a
-    /// first-try commit (another backend, an abort, a new cid): the caller then takes
-    /// [`Word::add`], which handles them all.
-    #[inline(always)]
-    pub(crate) fn try_add(self, v: u64) -> Option<Shard> {
-        if let ThreadBackend::Rseq { area, index } = thread_backend() {
-            let cpu = SectionSite::plain(area, index, self.limit);
-            // SAFETY: `base` and `limit` come from `Word::hot` of a live word (the
-            // caller keeps the word's allocation alive); otherwise as in `Word::add`.
-            let (st, idx) = unsafe { arch::load_add_store(cpu, self.base, v) };
-            if st == SectionStatus::Committed {
-                return Some(Shard::Cid(idx));
-            }
+}
+
+/// A thin section's operands, kept by the structure that owns the word (a counter,
+/// a pool, the allocator): the word's address in unit 0, and how many indexes its
+/// chunk had materialised when last looked at. The count is a lower bound of the
+/// chunk's limit (which only grows), so the section compares the index it reads with
+/// a register, and the fast path reads two words of its own structure instead of
+/// chasing a pointer to the chunk's limit. A cell whose count is 0 misses every
+/// section (before the words exist, or for structures kept off the thin path);
+/// the slow paths [`ThinCell::refresh`] it after materialising an index.
+///
+/// Plain `std` atomics, also under loom (no model thread runs a thin section).
+#[derive(Debug)]
+pub(crate) struct ThinCell {
+    base: std::sync::atomic::AtomicPtr<u64>,
+    cids: std::sync::atomic::AtomicU32,
+}
+
+impl ThinCell {
+    /// A cell that misses every section until [`ThinCell::set`].
+    pub(crate) const fn missing() -> ThinCell {
+        ThinCell {
+            base: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+            cids: std::sync::atomic::AtomicU32::new(0),
         }
-        None
+    }
+
+    /// A cell on the word [`Word::hot`] gave `(base, limit)` for, when `on`.
+    pub(crate) fn new(on: bool, (base, limit): (*mut u64, *const u32)) -> ThinCell {
+        let cell = ThinCell::missing();
+        if on {
+            cell.set((base, limit));
+        }
+        cell
+    }
+
+    /// Points the cell at the word [`Word::hot`] gave `(base, limit)` for: the base
+    /// first, then the count (release), so a section that passes the count's check
+    /// addresses the real base.
+    pub(crate) fn set(&self, (base, limit): (*mut u64, *const u32)) {
+        use std::sync::atomic::Ordering;
+        self.base.store(base, Ordering::Relaxed);
+        self.refresh(limit);
+    }
+
+    /// Raises the count to the chunk's limit `*limit` (the word's chunk): a slow path
+    /// calls it after a section missed, so the next one on a new index is thin too.
+    /// A cell never [`set`](ThinCell::set) stays missing.
+    pub(crate) fn refresh(&self, limit: *const u32) {
+        use std::sync::atomic::Ordering;
+        if self.base.load(Ordering::Relaxed).is_null() {
+            return;
+        }
+        // SAFETY: `limit` is the chunk's limit word (`Word::hot`), alive as long as
+        // the arena; read atomically (the materialising thread writes it so).
+        let now = unsafe { &*(limit as *const std::sync::atomic::AtomicU32) }.load(Ordering::Acquire);
+        if now > self.cids.load(Ordering::Relaxed) {
+            self.cids.fetch_max(now, Ordering::Release);
+        }
+    }
+
+    /// The operands for the word `i` words past the cell's (an allocation of
+    /// several words keeps one cell): the count (acquire), then the base.
+    #[inline(always)]
+    fn operands(&self, i: usize) -> (*mut u64, u32) {
+        use std::sync::atomic::Ordering;
+        let cids = self.cids.load(Ordering::Acquire);
+        (self.base.load(Ordering::Relaxed).wrapping_add(i), cids)
+    }
+
+    /// One thin `load_add_store` (see `arch`, "Thin sections"): true when it
+    /// committed, false for anything else (the caller then takes [`Word::add`]).
+    #[inline(always)]
+    pub(crate) fn add(&self, v: u64) -> bool {
+        self.add_at(0, v)
+    }
+
+    /// [`ThinCell::add`] on the word `i` words past the cell's, in the same
+    /// allocation.
+    #[inline(always)]
+    pub(crate) fn add_at(&self, i: usize, v: u64) -> bool {
+        let area = thin_area();
+        let (base, cids) = self.operands(i);
+        // SAFETY: below `cids` the base addresses a live word's materialised units
+        // (the owner keeps the allocation alive, and a count is only published
+        // after the base); `area` is this thread's registered area.
+        area != 0 && unsafe { arch::thin_add(area, base, cids, v) }
+    }
+
+    /// [`ThinCell::add`] that says which index it committed on.
+    #[inline(always)]
+    pub(crate) fn add_index(&self, v: u64) -> Option<u32> {
+        let area = thin_area();
+        if area == 0 {
+            return None;
+        }
+        let (base, cids) = self.operands(0);
+        // SAFETY: as in `add_at`.
+        let idx = unsafe { arch::thin_add_index(area, base, cids, v) };
+        (idx != u32::MAX).then_some(idx)
+    }
+
+    /// Word `i` of the allocation in the unit of index `idx`.
+    ///
+    /// # Safety
+    /// A section on this cell committed on `idx`, `i` is within the allocation, and
+    /// the caller keeps the allocation alive for `'a`.
+    #[inline(always)]
+    pub(crate) unsafe fn unit_word<'a>(&self, idx: u32, i: usize) -> &'a AtomicU64 {
+        let base = self.base.load(std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: forwarded to `HotWord::unit_word` (the limit is not used there).
+        unsafe { HotWord::from_parts(base, std::ptr::null()).unit_word(idx, i) }
+    }
+
+    /// One thin `list_pop`: the node it popped, or `None` for anything else (an
+    /// empty list too: the caller then takes [`Word::list_pop`], which refills).
+    ///
+    /// # Safety
+    /// As for [`Word::list_pop`], for the word of this cell.
+    #[inline(always)]
+    pub(crate) unsafe fn list_pop(&self) -> Option<usize> {
+        // SAFETY: forwarded.
+        unsafe { self.list_pop_at(0) }
+    }
+
+    /// [`ThinCell::list_pop`] on the head word `i` words past the cell's.
+    ///
+    /// # Safety
+    /// As for [`Word::list_pop`], for that word.
+    #[inline(always)]
+    pub(crate) unsafe fn list_pop_at(&self, i: usize) -> Option<usize> {
+        let area = thin_area();
+        if area == 0 {
+            return None;
+        }
+        let (base, cids) = self.operands(i);
+        // SAFETY: as in `add`; listed nodes are live (the caller's contract).
+        let node = unsafe { arch::thin_list_pop(area, base, cids) };
+        (node != 0).then_some(node)
+    }
+
+    /// One thin `list_push`: true when it committed, false for anything else (a
+    /// full list too; the node's link may have been written).
+    ///
+    /// # Safety
+    /// As for [`Word::list_push`], for the word of this cell.
+    #[inline(always)]
+    pub(crate) unsafe fn list_push(&self, node: usize, max_len: u16) -> bool {
+        // SAFETY: forwarded.
+        unsafe { self.list_push_at(0, node, max_len) }
+    }
+
+    /// [`ThinCell::list_push`] on the head word `i` words past the cell's.
+    ///
+    /// # Safety
+    /// As for [`Word::list_push`], for that word.
+    #[inline(always)]
+    pub(crate) unsafe fn list_push_at(&self, i: usize, node: usize, max_len: u16) -> bool {
+        let area = thin_area();
+        let (base, cids) = self.operands(i);
+        // SAFETY: as in `list_pop`; the node is the caller's.
+        area != 0 && unsafe { arch::thin_list_push(area, base, cids, node, u64::from(max_len)) }
     }
 }
 

@@ -46,8 +46,8 @@ mod per_cid;
 
 pub use per_cid::PerCid;
 
-use crate::cid::{self, Arena, HotWord, StorageError, Word, Words};
-use crate::sync::{AtomicPtr, AtomicU64, Ordering};
+use crate::cid::{self, Arena, StorageError, ThinCell, Word, Words};
+use crate::sync::{AtomicU64, Ordering};
 use std::cmp::Ordering as CmpOrdering;
 use std::fmt;
 use std::sync::OnceLock;
@@ -63,13 +63,9 @@ const CARRIED: usize = 1;
 /// The shared part of every counter type: lazily allocated per-cid words, the part
 /// already taken, and the approximate total.
 struct Shards {
-    /// The value word in unit 0 and the chunk's limit (see `HotWord`): the thin
-    /// section's operands. Until the words exist, and for good in a counter with a
-    /// batch (whose adds must check the carry), the limit is `cid::NO_CIDS` and
-    /// every thin section misses. Published base first, then the limit with
-    /// release; read limit (acquire) then base.
-    hot_base: AtomicPtr<u64>,
-    hot_limit: AtomicPtr<u32>,
+    /// The thin section's operands (see `ThinCell`): missing until the words
+    /// exist.
+    thin: ThinCell,
     words: OnceLock<Result<Words<'static>, StorageError>>,
     /// Raw sum at the last `take` (subtracted from every read).
     taken: AtomicU64,
@@ -102,8 +98,7 @@ impl Shards {
     const_unless_loom! {
         fn new() -> Shards {
             Shards {
-                hot_base: AtomicPtr::new(std::ptr::null_mut()),
-                hot_limit: AtomicPtr::new((&raw const cid::NO_CIDS).cast_mut()),
+                thin: ThinCell::missing(),
                 words: OnceLock::new(),
                 taken: AtomicU64::new(0),
                 carried: AtomicU64::new(0),
@@ -131,21 +126,9 @@ impl Shards {
         Ok(shards)
     }
 
-    /// Makes the thin path see the words (a counter without a batch).
+    /// Makes the thin path see the words.
     fn publish(&self, words: &Words<'static>) {
-        if self.batch != 0 {
-            return;
-        }
-        let (base, limit) = words.first().hot();
-        self.hot_base.store(base, Ordering::Relaxed);
-        self.hot_limit.store(limit.cast_mut(), Ordering::Release);
-    }
-
-    /// The thin section's operands (see `hot_base`).
-    #[inline(always)]
-    fn hot(&self) -> HotWord {
-        let limit = self.hot_limit.load(Ordering::Acquire);
-        HotWord::from_parts(self.hot_base.load(Ordering::Relaxed), limit)
+        self.thin.set(words.first().hot());
     }
 
     #[inline(always)]
@@ -175,44 +158,37 @@ impl Shards {
         }
     }
 
-    /// The fast path: one thin rseq section on the word's addresses, nothing else.
+    /// The fast path: one thin rseq section on the word's addresses, nothing else
+    /// (and a batch's carry check).
     #[inline(always)]
     fn add(&self, n: u64) {
-        if !self.hot().try_add_committed(n) {
-            self.add_slow(n);
-        }
-    }
-
-    /// Everything past the thin section: a batch's carry, first use, other
-    /// backends, `cpu_id` indexing, aborts, new cids, storage failure.
-    #[inline(never)]
-    fn add_slow(&self, n: u64) {
-        if self.batch != 0
-            && let Some(Ok(words)) = self.words.get()
-        {
-            let (base, limit) = words.first().hot();
-            let hot = HotWord::from_parts(base, limit);
-            if let Some(cid::Shard::Cid(idx)) = hot.try_add(n) {
-                // SAFETY: the section just committed on `idx`, the words hold
-                // `CARRIED + 1` words, and `self` keeps them alive.
-                let (v, c) = unsafe { (hot.unit_word(idx, 0), hot.unit_word(idx, CARRIED)) };
-                self.carry_words(v, c);
+        if self.batch == 0 {
+            if self.thin.add(n) {
                 return;
             }
+        } else if let Some(idx) = self.thin.add_index(n) {
+            // SAFETY: the section just committed on `idx`, the words hold
+            // `CARRIED + 1` words, and `self` keeps them alive.
+            let (v, c) = unsafe { (self.thin.unit_word(idx, 0), self.thin.unit_word(idx, CARRIED)) };
+            self.carry_words(v, c);
+            return;
         }
-        self.add_other(n);
+        self.add_slow(n);
     }
 
-    /// First use, other backends, aborts, new cids, storage failure.
+    /// First use, other backends, `cpu_id` indexing, aborts, new cids, storage
+    /// failure.
     #[cold]
     #[inline(never)]
-    fn add_other(&self, n: u64) {
+    fn add_slow(&self, n: u64) {
         match self.value() {
             Some(word) => {
                 let shard = word.add(n);
                 if self.batch != 0 {
                     self.carry(word, shard);
                 }
+                // The add may have materialised a new cid: the next is thin.
+                self.thin.refresh(word.hot().1);
             }
             None => {
                 self.spill.fetch_add(n, Ordering::Relaxed);

@@ -84,7 +84,7 @@ impl NumaCounter {
         let dir = self.hot_dir.load(Ordering::Acquire);
         if dir.is_null() {
             // One plane (or not allocated yet): the plain section on plane 0.
-            if self.shards.hot().try_add_committed(n) {
+            if self.shards.thin.add(n) {
                 return;
             }
         } else {
@@ -110,6 +110,8 @@ impl NumaCounter {
             Some(word) => {
                 self.publish(word);
                 word.add_on_node(n);
+                // The add may have materialised a new cid: the next is thin.
+                self.shards.thin.refresh(word.hot().1);
             }
             None => {
                 self.shards.spill.fetch_add(n, Ordering::Relaxed);

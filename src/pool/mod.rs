@@ -127,7 +127,7 @@ pub const MAX_ALIGN: usize = 4096;
 // section exits at its bound check and the pool takes its NUMA sections. A plain
 // pool's fast path thereby stays exactly what it is without NUMA mode (no test of
 // the mode before its section).
-use crate::cid::NO_CIDS;
+use crate::cid::{NO_CIDS, ThinCell};
 
 /// Slot states (debug checks).
 const FREE: u32 = 1;
@@ -412,8 +412,8 @@ impl<T: Send> PoolBuilder<T> {
         let thin_get = nodes == 1 && !self.debug;
         let thin_put = thin_get && self.reset.is_none() && self.max_objects.is_none();
         Ok(Pool {
-            thin: HotCell::new_if(thin_get, base, limit),
-            thin_put: HotCell::new_if(thin_put, base, limit),
+            thin: ThinCell::new(thin_get, heads.first().hot()),
+            thin_put: ThinCell::new(thin_put, heads.first().hot()),
             hot: HotCell::new(base, limit),
             node_hot: (nodes > 1).then(|| heads.first().node_hot()),
             heads: OnceLock::from(heads),
@@ -464,15 +464,6 @@ impl HotCell {
         HotCell {
             base: AtomicPtr::new(base),
             limit: AtomicPtr::new(limit.cast_mut()),
-        }
-    }
-
-    /// `new(base, limit)` when `on`, else [`HotCell::missing`].
-    fn new_if(on: bool, base: *mut u64, limit: *const u32) -> HotCell {
-        if on {
-            HotCell::new(base, limit)
-        } else {
-            HotCell::missing()
         }
     }
 
@@ -527,13 +518,13 @@ fn fork_hold() -> impl Drop {
 /// });
 /// ```
 pub struct Pool<T> {
-    /// The heads word's addresses for [`Pool::get`]'s thin section, the whole of
-    /// its inlined path (`HotCell::missing` in debug mode and for a many-node NUMA
-    /// pool, whose gets take the full path).
-    thin: HotCell,
+    /// The heads word's operands for [`Pool::get`]'s thin section, the whole of
+    /// its inlined path (missing in debug mode and for a many-node NUMA pool, whose
+    /// gets take the full path).
+    thin: ThinCell,
     /// As `thin`, for a `PoolBox` drop's thin section: missing also when the pool
     /// resets values or is bounded (a drop then has more to do than one push).
-    thin_put: HotCell,
+    thin_put: ThinCell,
     /// The heads word's fast-path addresses (see `HotWord`); in a many-node NUMA
     /// pool, with a limit that makes every plain section miss (`NO_CIDS`), as in a
     /// lazily built pool before its first use.
@@ -648,8 +639,8 @@ impl<T: Send> Pool<T> {
             purge_delay: DEFAULT_PURGE_DELAY,
         };
         Pool {
-            thin: HotCell::missing(),
-            thin_put: HotCell::missing(),
+            thin: ThinCell::missing(),
+            thin_put: ThinCell::missing(),
             hot: HotCell::missing(),
             node_hot: None,
             heads: OnceLock::new(),
@@ -696,8 +687,8 @@ impl<T: Send> Pool<T> {
             self.hot.set(base, limit);
             if !self.debug {
                 // A lazily built pool has no reset and no bound.
-                self.thin.set(base, limit);
-                self.thin_put.set(base, limit);
+                self.thin.set((base, limit));
+                self.thin_put.set((base, limit));
             }
             heads
         })
@@ -709,6 +700,16 @@ impl<T: Send> Pool<T> {
     #[doc(hidden)]
     pub fn head_address(&self) -> Option<usize> {
         self.heads.get().map(|h| h.first().hot().0 as usize)
+    }
+
+    /// Raises the thin cells' counts to the heads chunk's limit (a new cid may have
+    /// been materialised since they were read; see `ThinCell::refresh`).
+    fn refresh_thin(&self) {
+        if let Some(heads) = self.heads.get() {
+            let limit = heads.first().hot().1;
+            self.thin.refresh(limit);
+            self.thin_put.refresh(limit);
+        }
     }
 
     /// The shrink policy.
@@ -754,7 +755,7 @@ impl<T: Send> Pool<T> {
         // SAFETY: every node on the heads' lists is a slot of this pool, alive as
         // long as the pool, and only list operations (or a drainer that owns the
         // list) write the heads and the links of listed slots.
-        if let Some(node) = unsafe { self.thin.get().thin_list_pop() } {
+        if let Some(node) = unsafe { self.thin.list_pop() } {
             return PoolBox {
                 pool: self,
                 // SAFETY: a listed node is a slot of this pool.
@@ -769,6 +770,7 @@ impl<T: Send> Pool<T> {
     /// abort, an empty cache, debug checks), then the depot, a new slab or a wait.
     #[inline(never)]
     fn get_slow(&self) -> PoolBox<'_, T> {
+        self.refresh_thin();
         if let Some(slot) = self.pop() {
             return self.boxed(slot);
         }
@@ -1086,6 +1088,7 @@ impl<T: Send> Pool<T> {
     /// bounded pool's waiters, another backend).
     #[inline(never)]
     fn put(&self, slot: &Slot<T>) {
+        self.refresh_thin();
         if let Some(reset) = &self.reset {
             // SAFETY: the caller owned the slot (its `PoolBox`), nobody else
             // reaches the value.

@@ -47,13 +47,19 @@ mod portable_only {
 
     /// # Safety
     /// None needed: nothing is accessed.
-    pub(crate) unsafe fn thin_add(_: usize, _: *mut u64, _: *const u32, _: u64) -> bool {
+    pub(crate) unsafe fn thin_add(_: usize, _: *mut u64, _: u32, _: u64) -> bool {
         false
     }
 
     /// # Safety
     /// None needed: nothing is accessed.
-    pub(crate) unsafe fn thin_list_pop(_: usize, _: *mut u64, _: *const u32) -> usize {
+    pub(crate) unsafe fn thin_add_index(_: usize, _: *mut u64, _: u32, _: u64) -> u32 {
+        u32::MAX
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
+    pub(crate) unsafe fn thin_list_pop(_: usize, _: *mut u64, _: u32) -> usize {
         0
     }
 
@@ -62,7 +68,7 @@ mod portable_only {
     pub(crate) unsafe fn thin_list_push(
         _: usize,
         _: *mut u64,
-        _: *const u32,
+        _: u32,
         _: usize,
         _: u64,
     ) -> bool {

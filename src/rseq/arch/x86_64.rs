@@ -42,8 +42,9 @@
 //! `cpu_id` never take them (`registration::thin_area` is 0 for them).
 //!
 //! Local labels: `2` start, `3` descriptor, `4` post-commit, `5` abort handler, `6`
-//! aborted, `7` not materialised, `8` end, `9` failed, `22`/`23` loops. Labels made only
-//! of 0s and 1s would be read as binary literals by LLVM and are avoided.
+//! aborted, `7` not materialised, `8` end, `9` failed, `22`/`23` loops, `28` the end
+//! of `thin_add_index`. Labels made only of 0s and 1s would be read as binary
+//! literals by LLVM and are avoided.
 
 use super::{PayloadArgs, SectionSite, SectionStatus};
 use crate::cid::{DIR_BASE, DIR_LIMIT, DIR_PLANES, DIR_SLOT_SHIFT, UNIT_SHIFT};
@@ -288,15 +289,16 @@ pub(crate) unsafe fn load_add_store(
 }
 
 /// The start of a thin section: [`section_header`], then `mm_cid` read at its fixed
-/// offset in the area and bounded by the limit, leaving the word's address in
-/// `{off}`. Exits at labels 5 (abort), 7 (not materialised) and 9 (the section's own
+/// offset in the area and bounded by `{cids}` (a count of materialised indexes the
+/// caller read before: the limit only grows, so any earlier reading bounds it),
+/// leaving the word's address in `{off}`. Exits at labels 5 (abort), 7 (not materialised) and 9 (the section's own
 /// failure) all lead to the caller's failure path ([`thin_end`]).
 macro_rules! thin_start {
     () => {
         concat!(
             section_header!(fails_exit!()),
             "mov {off:e}, dword ptr [{area} + {mm_cid}]\n",
-            "cmp {off:e}, dword ptr [{limit}]\n",
+            "cmp {off:e}, {cids:e}\n",
             "jae 7f\n",
             "shl {off}, {shift}\n",
             "add {off}, {base}\n",
@@ -328,14 +330,14 @@ macro_rules! thin_end {
 ///
 /// # Safety
 /// `area` is the calling thread's registered rseq area (registered with
-/// [`abi::SIGNATURE`], with an active size that covers `mm_cid`); `limit` is
-/// readable; for every index below `*limit`, `base + (index << UNIT_SHIFT)` is a
-/// valid, 8-byte aligned word that only rseq commits write.
+/// [`abi::SIGNATURE`], with an active size that covers `mm_cid`); for every index
+/// below `cids`, `base + (index << UNIT_SHIFT)` is a valid, 8-byte aligned word that
+/// only rseq commits write.
 #[inline(always)]
-pub(crate) unsafe fn thin_add(area: usize, base: *mut u64, limit: *const u32, v: u64) -> bool {
+pub(crate) unsafe fn thin_add(area: usize, base: *mut u64, cids: u32, v: u64) -> bool {
     let mut committed = true;
-    // SAFETY: the caller guarantees the area, the limit and every unit word below
-    // it; the section writes only `rseq_cs` and that word.
+    // SAFETY: the caller guarantees the area and every unit word below `cids`; the
+    // section writes only `rseq_cs` and that word.
     unsafe {
         asm!(
             thin_start!(),
@@ -344,7 +346,7 @@ pub(crate) unsafe fn thin_add(area: usize, base: *mut u64, limit: *const u32, v:
             "mov qword ptr [{off}], {x}",
             thin_end!("", "jmp {failed}\n"),
             area = in(reg) area,
-            limit = in(reg) limit,
+            cids = in(reg) cids,
             base = in(reg) base,
             v = in(reg) v,
             off = out(reg) _,
@@ -362,6 +364,54 @@ pub(crate) unsafe fn thin_add(area: usize, base: *mut u64, limit: *const u32, v:
     committed
 }
 
+/// Thin `load_add_store` that also says where it committed: the index, or
+/// `u32::MAX` for any other ending.
+///
+/// # Safety
+/// As for [`thin_add`].
+#[inline(always)]
+pub(crate) unsafe fn thin_add_index(area: usize, base: *mut u64, cids: u32, v: u64) -> u32 {
+    let idx: u32;
+    // SAFETY: as for `thin_add`. Every failure exit sets the index to `u32::MAX`
+    // and returns past the index's computation (label 28).
+    unsafe {
+        asm!(
+            thin_start!(),
+            "mov {x}, qword ptr [{off}]",
+            "add {x}, {v}",
+            "mov qword ptr [{off}], {x}",
+            // Past the section: the index it read, from the address it wrote.
+            "4:",
+            "sub {off}, {base}",
+            "shr {off}, {shift}",
+            "mov {idx:e}, {off:e}",
+            "28:",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long {sig}",
+            "5:",
+            "7:",
+            "9:",
+            "mov {idx:e}, -1",
+            "jmp 28b",
+            ".popsection",
+            area = in(reg) area,
+            cids = in(reg) cids,
+            base = in(reg) base,
+            v = in(reg) v,
+            off = out(reg) _,
+            x = out(reg) _,
+            idx = out(reg) idx,
+            cs_field = const abi::offset::RSEQ_CS,
+            mm_cid = const abi::offset::MM_CID,
+            shift = const UNIT_SHIFT,
+            sig = const abi::SIGNATURE,
+            options(nostack),
+        )
+    };
+    idx
+}
+
 /// Thin `list_pop`: the popped node, or 0 for any other ending (empty list, abort,
 /// index not materialised).
 ///
@@ -369,7 +419,7 @@ pub(crate) unsafe fn thin_add(area: usize, base: *mut u64, limit: *const u32, v:
 /// As for [`thin_add`]; moreover every node reachable from a head word is a
 /// readable, 8-byte aligned word (its link) that nobody frees while it is listed.
 #[inline(always)]
-pub(crate) unsafe fn thin_list_pop(area: usize, base: *mut u64, limit: *const u32) -> usize {
+pub(crate) unsafe fn thin_list_pop(area: usize, base: *mut u64, cids: u32) -> usize {
     let node: usize;
     // SAFETY: as for `thin_add`; the section reads the listed node's link and writes
     // only `rseq_cs` and the head word. Every failure exit zeroes `node` and returns
@@ -387,7 +437,7 @@ pub(crate) unsafe fn thin_list_pop(area: usize, base: *mut u64, limit: *const u3
             "mov qword ptr [{off}], {head}",
             thin_end!("xor {node:e}, {node:e}\n", "jmp 4b\n"),
             area = in(reg) area,
-            limit = in(reg) limit,
+            cids = in(reg) cids,
             base = in(reg) base,
             off = out(reg) _,
             head = out(reg) _,
@@ -412,7 +462,7 @@ pub(crate) unsafe fn thin_list_pop(area: usize, base: *mut u64, limit: *const u3
 pub(crate) unsafe fn thin_list_push(
     area: usize,
     base: *mut u64,
-    limit: *const u32,
+    cids: u32,
     node: usize,
     max_len: u64,
 ) -> bool {
@@ -434,7 +484,7 @@ pub(crate) unsafe fn thin_list_push(
             "mov qword ptr [{off}], {len}",
             thin_end!("", "jmp {failed}\n"),
             area = in(reg) area,
-            limit = in(reg) limit,
+            cids = in(reg) cids,
             base = in(reg) base,
             node = in(reg) node,
             max = in(reg) max_len,
