@@ -422,7 +422,10 @@ unsafe impl GlobalAlloc for PerCidAlloc {
             // SAFETY: the block is ours (in the reservation, which holds blocks only
             // once the heap is ready; the caller gives it back), 16-byte aligned,
             // below 2^48; the lists hold only this class's free blocks.
-            if unsafe { HEAP.thin.list_push_at(class, ptr as usize, cache_capacity(class)) } {
+            if unsafe {
+                HEAP.thin
+                    .list_push_at(class, ptr as usize, cache_capacity(class))
+            } {
                 return;
             }
         }

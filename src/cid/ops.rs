@@ -390,7 +390,6 @@ impl HotWord {
         // live allocation (a `u64` word is an `AtomicU64`).
         unsafe { &*(self.base.add(offset) as *const AtomicU64) }
     }
-
 }
 
 /// A thin section's operands, kept by the structure that owns the word (a counter,
@@ -446,7 +445,8 @@ impl ThinCell {
         }
         // SAFETY: `limit` is the chunk's limit word (`Word::hot`), alive as long as
         // the arena; read atomically (the materialising thread writes it so).
-        let now = unsafe { &*(limit as *const std::sync::atomic::AtomicU32) }.load(Ordering::Acquire);
+        let now =
+            unsafe { &*(limit as *const std::sync::atomic::AtomicU32) }.load(Ordering::Acquire);
         if now > self.cids.load(Ordering::Relaxed) {
             self.cids.fetch_max(now, Ordering::Release);
         }

@@ -169,7 +169,12 @@ impl Shards {
         } else if let Some(idx) = self.thin.add_index(n) {
             // SAFETY: the section just committed on `idx`, the words hold
             // `CARRIED + 1` words, and `self` keeps them alive.
-            let (v, c) = unsafe { (self.thin.unit_word(idx, 0), self.thin.unit_word(idx, CARRIED)) };
+            let (v, c) = unsafe {
+                (
+                    self.thin.unit_word(idx, 0),
+                    self.thin.unit_word(idx, CARRIED),
+                )
+            };
             self.carry_words(v, c);
             return;
         }

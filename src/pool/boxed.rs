@@ -149,7 +149,11 @@ impl<T: Send> Drop for PoolBox<'_, T> {
         let slot = self.slot();
         // SAFETY: the slot is ours (this box), aligned and a user-space address; the
         // lists hold only this pool's slots.
-        if unsafe { self.pool.thin_put.list_push(slot.node(), self.pool.capacity) } {
+        if unsafe {
+            self.pool
+                .thin_put
+                .list_push(slot.node(), self.pool.capacity)
+        } {
             return;
         }
         self.pool.put(slot);

@@ -65,13 +65,7 @@ mod portable_only {
 
     /// # Safety
     /// None needed: nothing is accessed.
-    pub(crate) unsafe fn thin_list_push(
-        _: usize,
-        _: *mut u64,
-        _: u32,
-        _: usize,
-        _: u64,
-    ) -> bool {
+    pub(crate) unsafe fn thin_list_push(_: usize, _: *mut u64, _: u32, _: usize, _: u64) -> bool {
         false
     }
 

@@ -27,7 +27,7 @@ use std::mem::{ManuallyDrop, MaybeUninit};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{opaque, opaque_ptr};
+use super::opaque_ptr;
 
 /// The pooled object: 64 bytes, one cache line.
 pub(crate) type Obj = [u64; 8];
@@ -183,7 +183,8 @@ mod with_feature {
     use mimalloc::MiMalloc;
     use sharded_slab::Clear;
 
-    use super::{Handle, Obj, ZERO, boxed, opaque, opaque_ptr};
+    use super::super::opaque;
+    use super::{Handle, Obj, ZERO, boxed, opaque_ptr};
 
     /// An object from mimalloc, called directly through `GlobalAlloc` with
     /// `Layout::new::<Obj>()` and written like `Box::new` writes its value.
