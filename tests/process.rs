@@ -151,6 +151,36 @@ impl Drop for AddAtExit {
     }
 }
 
+/// The thin fast path's witness: `pthread` key destructors add to it in every
+/// destructor round, before and after the crate's own key unregisters the thread.
+static KEY_EXIT: percid::Counter = percid::Counter::new();
+/// Destructor rounds each thread's key asks for (glibc runs at most 4).
+const KEY_ROUNDS: usize = 4;
+
+/// A `pthread` key whose destructor adds to [`KEY_EXIT`] and re-arms itself, so it
+/// also runs in the rounds after the crate's key destructor unregistered the area
+/// (whose page is then unmapped: a thin section that still used it would fault).
+fn key_exit() -> libc::pthread_key_t {
+    static KEY: std::sync::OnceLock<libc::pthread_key_t> = std::sync::OnceLock::new();
+    extern "C" fn destructor(value: *mut libc::c_void) {
+        KEY_EXIT.inc();
+        let left = value as usize - 1;
+        if left > 0 {
+            // SAFETY: the key exists; re-arming in a destructor asks for a round more.
+            unsafe { libc::pthread_setspecific(key_exit(), left as *mut libc::c_void) };
+        }
+    }
+    *KEY.get_or_init(|| {
+        let mut key = 0;
+        // SAFETY: a valid out pointer and a destructor that does not unwind.
+        assert_eq!(
+            unsafe { libc::pthread_key_create(&mut key, Some(destructor)) },
+            0
+        );
+        key
+    })
+}
+
 thread_local! {
     /// Set before the thread's first operation: its destructor is registered before
     /// the crate's own thread-local state.
@@ -181,6 +211,8 @@ fn self_registration() {
             assert_eq!(st.backend, Backend::Rseq, "a new thread: {st}");
             w.add(1);
             LATE.with(|l| l.0.set(Some(w)));
+            // SAFETY: the key exists; the value counts the rounds left.
+            unsafe { libc::pthread_setspecific(key_exit(), KEY_ROUNDS as *mut libc::c_void) };
         };
         let mut expected = 0;
         for round in 0..rounds {
@@ -188,6 +220,11 @@ fn self_registration() {
             // Per thread: its adds, one in `check`, one per destructor.
             expected += threads as u64 * (per_thread + 3);
             assert_eq!(w.sum(), expected, "round {round}");
+            assert_eq!(
+                KEY_EXIT.sum(),
+                (round as u64 + 1) * (threads * KEY_ROUNDS) as u64,
+                "round {round}: adds from key destructors"
+            );
         }
         eprintln!("self_registration child: {}", status());
         return;

@@ -493,6 +493,21 @@ impl ThinCell {
         (idx != u32::MAX).then_some(idx)
     }
 
+    /// One thin `load_cbne_store`: if the word holds `expect`, stores `new` and
+    /// says which index it committed on; `None` for anything else (another value
+    /// too: the caller then takes [`Word::compare_store`]).
+    #[inline(always)]
+    pub(crate) fn compare_store_index(&self, expect: u64, new: u64) -> Option<u32> {
+        let area = thin_area();
+        if area == 0 {
+            return None;
+        }
+        let (base, cids) = self.operands(0);
+        // SAFETY: as in `add_at`.
+        let idx = unsafe { arch::thin_compare_store_index(area, base, cids, expect, new) };
+        (idx != u32::MAX).then_some(idx)
+    }
+
     /// Word `i` of the allocation in the unit of index `idx`.
     ///
     /// # Safety
@@ -1313,9 +1328,13 @@ impl<'a> PayloadSite<'a> {
     /// As for [`PayloadSite::push`].
     #[inline(always)]
     pub(crate) unsafe fn try_push(&self, src: *const u8, count: usize) -> Option<Pushed> {
-        let ThreadBackend::Rseq { area, index } = thread_backend() else {
+        // The thin sections' thread-local: the area, indexed by `mm_cid` at its fixed
+        // offset (other threads take `push`).
+        let area = thin_area();
+        if area == 0 {
             return None;
-        };
+        }
+        let index = area + crate::rseq::abi::offset::MM_CID;
         let args = self.args(src, count);
         let chunk = self.tail.chunk;
         let (st, n) = if self.numa {

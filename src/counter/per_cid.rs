@@ -22,7 +22,7 @@
 //! hold the fork up); one that waits for another thread, while that thread is about
 //! to enter a percid region, holds the fork up until then.
 
-use crate::cid::{self, Arena, ForeignError, Shard, StorageError, Word, Words};
+use crate::cid::{self, Arena, ForeignError, Shard, StorageError, ThinCell, Word, Words};
 use crate::rseq::MembarrierError;
 use crate::sync::{AtomicU64, Ordering};
 use std::cell::UnsafeCell;
@@ -70,6 +70,8 @@ struct Padded<T>(UnsafeCell<T>);
 /// ```
 pub struct PerCid<T, F = fn() -> T> {
     lock: Words<'static>,
+    /// The lock word's thin section (see `ThinCell`).
+    thin: ThinCell,
     /// Values by unit: cids first, then lanes.
     values: Box<[OnceLock<Box<Padded<T>>>]>,
     cids: u32,
@@ -120,6 +122,7 @@ impl<T, F: Fn() -> T> PerCid<T, F> {
         let lock = arena.alloc(1)?;
         let units = arena.cid_capacity() as usize + arena.lanes() as usize;
         Ok(PerCid {
+            thin: ThinCell::new(true, lock.first().hot()),
             lock,
             values: (0..units).map(|_| OnceLock::new()).collect(),
             cids: arena.cid_capacity(),
@@ -148,6 +151,27 @@ impl<T, F: Fn() -> T> PerCid<T, F> {
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         // Before the lock (and released after it): a fork waits for the closure.
         let _fork = crate::cid::fork::hold();
+        let (lock, slot) = match self.thin.compare_store_index(0, LOCKED) {
+            // SAFETY: the section committed on `idx` (below the arena's capacity,
+            // so `values` has its slot), in the lock word's allocation, which
+            // `self` keeps alive.
+            Some(idx) => (
+                unsafe { self.thin.unit_word(idx, 0) },
+                &self.values[idx as usize],
+            ),
+            None => self.lock_slow(),
+        };
+        let _unlock = Unlock(lock);
+        let value = slot.get_or_init(|| Box::new(Padded(UnsafeCell::new((self.init)()))));
+        // SAFETY: this thread holds the shard's lock, so no other reference to the
+        // shard's value exists until `_unlock` releases it.
+        f(unsafe { &mut *value.0.get() })
+    }
+
+    /// Takes the caller's shard lock past the thin section: other backends, `cpu_id`
+    /// indexing, a new cid, a lock held by a visitor ([`PerCid::for_each`]).
+    #[inline(never)]
+    fn lock_slow(&self) -> (&AtomicU64, &OnceLock<Box<Padded<T>>>) {
         let word = self.lock_word();
         let mut round = 0;
         let shard = loop {
@@ -156,15 +180,13 @@ impl<T, F: Fn() -> T> PerCid<T, F> {
                 Err(_) => crate::sync::backoff(&mut round),
             }
         };
+        // A new cid may have been materialised: the next lock is thin.
+        self.thin.refresh(word.hot().1);
         // `compare_store` only reports shards it could address, so these exist.
         let (Some(lock), Some(slot)) = (word.at(shard), self.slot(shard)) else {
             unreachable!("a locked shard without storage");
         };
-        let _unlock = Unlock(lock);
-        let value = slot.get_or_init(|| Box::new(Padded(UnsafeCell::new((self.init)()))));
-        // SAFETY: this thread holds the shard's lock, so no other reference to the
-        // shard's value exists until `_unlock` releases it.
-        f(unsafe { &mut *value.0.get() })
+        (lock, slot)
     }
 
     /// Visits every value created so far while other threads keep using the

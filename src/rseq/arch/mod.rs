@@ -59,6 +59,18 @@ mod portable_only {
 
     /// # Safety
     /// None needed: nothing is accessed.
+    pub(crate) unsafe fn thin_compare_store_index(
+        _: usize,
+        _: *mut u64,
+        _: u32,
+        _: u64,
+        _: u64,
+    ) -> u32 {
+        u32::MAX
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
     pub(crate) unsafe fn thin_list_pop(_: usize, _: *mut u64, _: u32) -> usize {
         0
     }

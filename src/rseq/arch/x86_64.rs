@@ -43,7 +43,7 @@
 //!
 //! Local labels: `2` start, `3` descriptor, `4` post-commit, `5` abort handler, `6`
 //! aborted, `7` not materialised, `8` end, `9` failed, `22`/`23` loops, `28` the end
-//! of `thin_add_index`. Labels made only of 0s and 1s would be read as binary
+//! of the thin sections that return their index. Labels made only of 0s and 1s would be read as binary
 //! literals by LLVM and are avoided.
 
 use super::{PayloadArgs, SectionSite, SectionStatus};
@@ -401,6 +401,62 @@ pub(crate) unsafe fn thin_add_index(area: usize, base: *mut u64, cids: u32, v: u
             v = in(reg) v,
             off = out(reg) _,
             x = out(reg) _,
+            idx = out(reg) idx,
+            cs_field = const abi::offset::RSEQ_CS,
+            mm_cid = const abi::offset::MM_CID,
+            shift = const UNIT_SHIFT,
+            sig = const abi::SIGNATURE,
+            options(nostack),
+        )
+    };
+    idx
+}
+
+/// Thin `load_cbne_store`: if `*word(idx) == expect`, `*word(idx) = new` (the
+/// commit) and the index; `u32::MAX` for any other ending (the word held another
+/// value, an abort, an index not materialised).
+///
+/// # Safety
+/// As for [`thin_add`].
+#[inline(always)]
+pub(crate) unsafe fn thin_compare_store_index(
+    area: usize,
+    base: *mut u64,
+    cids: u32,
+    expect: u64,
+    new: u64,
+) -> u32 {
+    let idx: u32;
+    // SAFETY: as for `thin_add`; the section writes only `rseq_cs` and the word.
+    // Every failure exit sets the index to `u32::MAX` and returns past the index's
+    // computation (label 28).
+    unsafe {
+        asm!(
+            thin_start!(),
+            "cmp qword ptr [{off}], {expect}",
+            "jne 9f",
+            "mov qword ptr [{off}], {new}",
+            // Past the section: the index it read, from the address it wrote.
+            "4:",
+            "sub {off}, {base}",
+            "shr {off}, {shift}",
+            "mov {idx:e}, {off:e}",
+            "28:",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long {sig}",
+            "5:",
+            "7:",
+            "9:",
+            "mov {idx:e}, -1",
+            "jmp 28b",
+            ".popsection",
+            area = in(reg) area,
+            cids = in(reg) cids,
+            base = in(reg) base,
+            expect = in(reg) expect,
+            new = in(reg) new,
+            off = out(reg) _,
             idx = out(reg) idx,
             cs_field = const abi::offset::RSEQ_CS,
             mm_cid = const abi::offset::MM_CID,
