@@ -18,30 +18,9 @@ mod support;
 use peers::{Padded, Striped, TLS_COUNT};
 use support::wall_time;
 
-/// `p`, through a copy of `percid bench`'s register-only barrier
-/// (`src/bin/percid/bench/mod.rs` tells why): `black_box` would store to a stack slot
-/// every operation, and that slot can 4K-alias the word under test. The empty asm is not `nomem`, so
-/// the compiler must assume it touches memory and keeps every operation.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn opaque_ptr<T>(p: &T) -> &T {
-    let mut ptr = std::ptr::from_ref(p);
-    // SAFETY: the template is a comment: no instruction runs. The asm names only
-    // `ptr`'s register, which comes back unchanged, and touches neither the stack
-    // (`nostack`) nor the flags (`preserves_flags`).
-    unsafe {
-        std::arch::asm!("/* {0} */", inout(reg) ptr, options(nostack, preserves_flags));
-    }
-    // SAFETY: `ptr` is `p` unchanged, so it is valid and shared for `p`'s lifetime.
-    unsafe { &*ptr }
-}
-
-/// [`opaque_ptr`] where there is no register-only barrier.
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-fn opaque_ptr<T>(p: &T) -> &T {
-    std::hint::black_box(p)
-}
+// `percid bench`'s register-only barrier (the library's, where all of the crate's
+// asm lives; see `percid::bench_support::opaque` for why not `black_box`).
+use percid::bench_support::opaque_ptr;
 
 /// One shared instance of each implementation.
 struct Subjects {

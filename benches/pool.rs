@@ -23,50 +23,10 @@ mod support;
 use peers::{Handle, MiBox, MutexPool, Obj, Ring, ZERO, linear_pool, system_box};
 use support::wall_time;
 
-/// What the peers' `touch` calls (as `super::opaque`): a copy of `percid bench`'s
-/// register-only barrier (`src/bin/percid/bench/mod.rs` tells why): `black_box`
-/// would store to a stack slot every operation, and that slot can 4K-alias the
-/// pool's hot words. The empty asm is not `nomem`, so the compiler must assume it
-/// touches memory and keeps every operation.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn opaque(mut x: u64) -> u64 {
-    // SAFETY: the template is a comment: no instruction runs. The asm reads and
-    // writes only `x`'s register, leaving it unchanged, and touches neither the
-    // stack (`nostack`) nor the flags (`preserves_flags`).
-    unsafe {
-        std::arch::asm!("/* {0} */", inout(reg) x, options(nostack, preserves_flags));
-    }
-    x
-}
-
-/// [`opaque`] where there is no register-only barrier.
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-fn opaque(x: u64) -> u64 {
-    std::hint::black_box(x)
-}
-
-/// [`opaque`] for a reference, as `percid bench`'s.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn opaque_ptr<T>(p: &T) -> &T {
-    let mut ptr = std::ptr::from_ref(p);
-    // SAFETY: as in `opaque`: no instruction runs, only `ptr`'s register is named
-    // and it comes back unchanged.
-    unsafe {
-        std::arch::asm!("/* {0} */", inout(reg) ptr, options(nostack, preserves_flags));
-    }
-    // SAFETY: `ptr` is `p` unchanged, so it is valid and shared for `p`'s lifetime.
-    unsafe { &*ptr }
-}
-
-/// [`opaque_ptr`] where there is no register-only barrier.
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-fn opaque_ptr<T>(p: &T) -> &T {
-    std::hint::black_box(p)
-}
+// What the peers' `touch` calls (as `super::opaque`): `percid bench`'s
+// register-only barriers (the library's, where all of the crate's asm lives; see
+// `percid::bench_support::opaque` for why not `black_box`).
+use percid::bench_support::{opaque, opaque_ptr};
 
 /// Slots of the producer -> consumer ring (as in `percid bench pool`).
 const RING: usize = 256;

@@ -132,6 +132,14 @@ pub(crate) mod sync;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+/// Register-only optimisation barriers for the crate's benchmarks (`percid bench`,
+/// `benches/`): not an API. They live here because all of the crate's `asm!` lives
+/// in `rseq::arch`.
+#[doc(hidden)]
+pub mod bench_support {
+    pub use crate::rseq::arch::barrier::{opaque, opaque_ptr};
+}
+
 pub use counter::{Counter, CounterBuilder, NumaCounter, PerCid, SignedCounter};
 pub use pool::{OwnedPoolBox, Pool, PoolBox};
 pub use rseq::{current_cid, current_cpu, current_node};

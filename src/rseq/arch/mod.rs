@@ -9,6 +9,15 @@ mod x86_64;
 #[cfg(all(target_arch = "x86_64", not(loom)))]
 pub(crate) use x86_64::*;
 
+/// The benchmarks' barriers, for `crate::bench_support` (public items: the
+/// crate-wide glob above would only re-export them to the crate).
+pub(crate) mod barrier {
+    #[cfg(not(all(target_arch = "x86_64", not(loom))))]
+    pub use super::portable_only::{opaque, opaque_ptr};
+    #[cfg(all(target_arch = "x86_64", not(loom)))]
+    pub use super::x86_64::{opaque, opaque_ptr};
+}
+
 /// Whether this architecture has rseq critical sections.
 #[cfg(all(target_arch = "x86_64", not(loom)))]
 pub(crate) const HAS_SECTIONS: bool = true;
@@ -23,6 +32,18 @@ mod portable_only {
     use super::{PayloadArgs, SectionSite, SectionStatus};
 
     pub(crate) const HAS_SECTIONS: bool = false;
+
+    /// The benchmarks' barrier (see the x86_64 version): `black_box` here.
+    #[inline(always)]
+    pub fn opaque(x: u64) -> u64 {
+        std::hint::black_box(x)
+    }
+
+    /// The benchmarks' barrier for a reference: `black_box` here.
+    #[inline(always)]
+    pub fn opaque_ptr<T>(p: &T) -> &T {
+        std::hint::black_box(p)
+    }
 
     /// Not used without critical sections; glibc's area is never looked up.
     pub(crate) fn thread_pointer() -> usize {

@@ -108,6 +108,37 @@ pub(crate) fn glibc_rseq_symbols() -> (usize, usize) {
     (0, 0)
 }
 
+/// A `u64` the compiler cannot see through, passed in a register: the benchmarks'
+/// per-operation barrier (`percid::bench_support::opaque`).
+///
+/// Not `std::hint::black_box`: that stores its argument to a stack slot and hands
+/// the compiler a pointer to it, so a loop calling it once per operation stores to
+/// and reloads the stack every iteration; when that slot shares address bits 0..11
+/// with the word under test (4K aliasing), the word's load waits on the store, and
+/// the same code read 5x slower in one link layout than in another. This passes the
+/// value through an empty `asm!` in a register. The asm is not `nomem`: the compiler
+/// must assume it reads and writes memory, so a loop of increments (a thread-local
+/// cell's, an atomic add) stays one increment per iteration.
+#[inline(always)]
+pub fn opaque(mut x: u64) -> u64 {
+    // SAFETY: the template is a comment: no instruction runs. Only `x`'s register is
+    // named, and it comes back unchanged; neither the stack nor the flags change.
+    unsafe { asm!("/* {0} */", inout(reg) x, options(nostack, preserves_flags)) };
+    x
+}
+
+/// [`opaque`] for a reference: `p`, which the compiler must assume the (empty) asm
+/// may have read through, written through or replaced.
+#[inline(always)]
+pub fn opaque_ptr<T>(p: &T) -> &T {
+    let mut ptr = std::ptr::from_ref(p);
+    // SAFETY: as in `opaque`: no instruction runs, `ptr`'s register comes back
+    // unchanged.
+    unsafe { asm!("/* {0} */", inout(reg) ptr, options(nostack, preserves_flags)) };
+    // SAFETY: `ptr` is `p` unchanged: valid and shared for `p`'s lifetime.
+    unsafe { &*ptr }
+}
+
 /// The start every section shares: descriptor, pointer and exit-point entries, and
 /// arming (through `{off}`). `$extra_exits` lists more exits for debuggers.
 macro_rules! section_header {

@@ -41,61 +41,12 @@ pub fn memory_child(args: &[String]) -> Result<String, String> {
     memory::child(args)
 }
 
-/// A `u64` the compiler cannot see through, passed in a register: the barrier of the
-/// per-operation loops of `bench counter` and `bench pool`, on percid and every peer
-/// alike.
-///
-/// Not `std::hint::black_box`: that stores its argument to a stack slot and hands the
-/// compiler's barrier a pointer to it, so a loop calling it once per operation stores
-/// to and reloads the stack every iteration. When that slot shares address bits
-/// 0..11 with the word under test (4K aliasing), the CPU takes the word's load for a
-/// possible reload of the store and waits, and the same code read 5x slower in one
-/// link layout than in another. This passes the value through an empty `asm!` in a
-/// register instead. The asm is not `nomem` (nor `pure`): the compiler must assume it
-/// reads and writes memory, so a loop of increments (a thread-local cell's, an atomic
-/// add) is not folded into one add, and stays one operation per iteration. This and
-/// [`opaque_ptr`] are the binary's only asm; other architectures get `black_box`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub fn opaque(mut x: u64) -> u64 {
-    // SAFETY: the template is a comment: no instruction runs. The asm reads and
-    // writes only `x`'s register, leaving it unchanged, and touches neither the
-    // stack (`nostack`) nor the flags (`preserves_flags`).
-    unsafe {
-        std::arch::asm!("/* {0} */", inout(reg) x, options(nostack, preserves_flags));
-    }
-    x
-}
-
-/// [`opaque`] where there is no register-only barrier.
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-pub fn opaque(x: u64) -> u64 {
-    black_box(x)
-}
-
-/// [`opaque`] for a reference: `p`, which the compiler must assume the (empty) asm
-/// may have read through, written through or replaced. Calling it on the subject of
-/// every operation (`opaque_ptr(&counter).inc()`) keeps every operation.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub fn opaque_ptr<T>(p: &T) -> &T {
-    let mut ptr = std::ptr::from_ref(p);
-    // SAFETY: as in `opaque`: no instruction runs, only `ptr`'s register is named
-    // and it comes back unchanged.
-    unsafe {
-        std::arch::asm!("/* {0} */", inout(reg) ptr, options(nostack, preserves_flags));
-    }
-    // SAFETY: `ptr` is `p` unchanged, so it is valid and shared for `p`'s lifetime.
-    unsafe { &*ptr }
-}
-
-/// [`opaque_ptr`] where there is no register-only barrier.
-#[cfg(not(target_arch = "x86_64"))]
-#[inline(always)]
-pub fn opaque_ptr<T>(p: &T) -> &T {
-    black_box(p)
-}
+/// The per-operation barriers of `bench counter` and `bench pool`, on percid and
+/// every peer alike: a value or reference passed through an empty `asm!` in a
+/// register, not `black_box`'s stack slot (which can 4K-alias the word under test;
+/// see `percid::bench_support::opaque`). They live in the library, with all of the
+/// crate's asm.
+pub use percid::bench_support::{opaque, opaque_ptr};
 
 use std::fmt::Write as _;
 use std::hint::black_box;
