@@ -440,7 +440,9 @@ impl ThinCell {
     /// A cell never [`set`](ThinCell::set) stays missing.
     pub(crate) fn refresh(&self, limit: *const u32) {
         use std::sync::atomic::Ordering;
-        if self.base.load(Ordering::Relaxed).is_null() {
+        // Under loom there are no sections, and no limit to read (`limit_ptr` is
+        // null there).
+        if limit.is_null() || self.base.load(Ordering::Relaxed).is_null() {
             return;
         }
         // SAFETY: `limit` is the chunk's limit word (`Word::hot`), alive as long as
