@@ -76,7 +76,8 @@ struct Shards {
     /// Adds that could not get per-cid storage (mmap failed) land here, so nothing
     /// is lost and nothing panics.
     spill: AtomicU64,
-    /// Allocate from the NUMA arena ([`cid::numa_global`]) rather than the plain one.
+    /// A `NumaCounter`'s: allocate from the NUMA arena ([`cid::numa_global`])
+    /// rather than the plain one, and keep the thin path off on many nodes.
     numa: bool,
 }
 
@@ -118,7 +119,11 @@ impl Shards {
     }
 
     fn eager(arena: &'static Arena, batch: u64) -> Result<Shards, StorageError> {
-        let mut shards = Shards::new();
+        Shards::eager_as(Shards::new(), arena, batch)
+    }
+
+    /// [`Shards::eager`] for `shards` as made (plain or NUMA).
+    fn eager_as(mut shards: Shards, arena: &'static Arena, batch: u64) -> Result<Shards, StorageError> {
         shards.batch = batch;
         let words = arena.alloc(words_for(batch))?;
         shards.publish(&words);
@@ -126,9 +131,12 @@ impl Shards {
         Ok(shards)
     }
 
-    /// Makes the thin path see the words.
+    /// Makes the thin path see the words. A NUMA counter on more than one node
+    /// keeps it off: its adds take the NUMA section, on the node's plane.
     fn publish(&self, words: &Words<'static>) {
-        self.thin.set(words.first().hot());
+        if !(self.numa && words.first().nodes() > 1) {
+            self.thin.set(words.first().hot());
+        }
     }
 
     #[inline(always)]

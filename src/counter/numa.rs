@@ -67,7 +67,7 @@ impl NumaCounter {
         topology: Option<&'static Topology>,
     ) -> Result<NumaCounter, StorageError> {
         let counter = NumaCounter {
-            shards: Shards::eager(arena, 0)?,
+            shards: Shards::eager_as(Shards::new_numa(), arena, 0)?,
             hot_dir: AtomicPtr::new(std::ptr::null_mut()),
             hot_woff: AtomicU32::new(0),
             topology,
@@ -81,13 +81,13 @@ impl NumaCounter {
     /// Adds `n` (wrapping) on the caller's (node, cid): one rseq critical section.
     #[inline]
     pub fn add(&self, n: u64) {
+        // One plane: the thin section on plane 0 (the node's plane). Many: the thin
+        // cell is missing and the NUMA section runs on the node's plane.
+        if self.shards.thin.add(n) {
+            return;
+        }
         let dir = self.hot_dir.load(Ordering::Acquire);
-        if dir.is_null() {
-            // One plane (or not allocated yet): the plain section on plane 0.
-            if self.shards.thin.add(n) {
-                return;
-            }
-        } else {
+        if !dir.is_null() {
             let woff = self.hot_woff.load(Ordering::Relaxed) as usize;
             if NodeHotWord::from_parts(dir, woff).try_add_committed(n) {
                 return;
