@@ -123,7 +123,11 @@ impl Shards {
     }
 
     /// [`Shards::eager`] for `shards` as made (plain or NUMA).
-    fn eager_as(mut shards: Shards, arena: &'static Arena, batch: u64) -> Result<Shards, StorageError> {
+    fn eager_as(
+        mut shards: Shards,
+        arena: &'static Arena,
+        batch: u64,
+    ) -> Result<Shards, StorageError> {
         shards.batch = batch;
         let words = arena.alloc(words_for(batch))?;
         shards.publish(&words);

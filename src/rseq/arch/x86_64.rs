@@ -28,10 +28,11 @@
 //!
 //! An add commits with `mov` from a register after a `mov` load, not with a
 //! memory-destination `add`. The two are the same section (the last instruction is
-//! the one committing store), but cores that forward stores to loads by renaming
-//! (Intel since Ice Lake, AMD since Zen 2) do so for a separate load and store and
-//! not for the read-modify-write form: on the Xeon this was measured on, a chain of
-//! adds to one word took 2.2 ns each as `add [mem]` and 0.95 ns as load, add, store.
+//! the one committing store), but on the Xeon this was measured on, a chain of adds
+//! to one word whose address is computed from an index loaded each time (as in a
+//! section) took 2.2-2.5 ns each as `add [mem], reg` and 0.65-1.0 ns as load, add,
+//! store: the core forwards the separate store to the next load. (AMD was not
+//! measured.)
 //!
 //! # Thin sections
 //!
