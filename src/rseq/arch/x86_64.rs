@@ -357,6 +357,30 @@ macro_rules! thin_end {
     };
 }
 
+/// Everything after the commit of a thin section that returns its index: past the
+/// section (label 4), the index is computed back from the address it wrote into
+/// `{idx}`; every failure exit sets `{idx}` to `u32::MAX` and rejoins at label 28.
+macro_rules! thin_end_index {
+    () => {
+        concat!(
+            "4:\n",
+            "sub {off}, {base}\n",
+            "shr {off}, {shift}\n",
+            "mov {idx:e}, {off:e}\n",
+            "28:\n",
+            ".pushsection __rseq_failure, \"ax\"\n",
+            ".byte 0x0f, 0xb9, 0x3d\n",
+            ".long {sig}\n",
+            "5:\n",
+            "7:\n",
+            "9:\n",
+            "mov {idx:e}, -1\n",
+            "jmp 28b\n",
+            ".popsection\n",
+        )
+    };
+}
+
 /// Thin `load_add_store`: true when it committed, false for any other ending (see
 /// the module docs, "Thin sections").
 ///
@@ -412,21 +436,7 @@ pub(crate) unsafe fn thin_add_index(area: usize, base: *mut u64, cids: u32, v: u
             "mov {x}, qword ptr [{off}]",
             "add {x}, {v}",
             "mov qword ptr [{off}], {x}",
-            // Past the section: the index it read, from the address it wrote.
-            "4:",
-            "sub {off}, {base}",
-            "shr {off}, {shift}",
-            "mov {idx:e}, {off:e}",
-            "28:",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long {sig}",
-            "5:",
-            "7:",
-            "9:",
-            "mov {idx:e}, -1",
-            "jmp 28b",
-            ".popsection",
+            thin_end_index!(),
             area = in(reg) area,
             cids = in(reg) cids,
             base = in(reg) base,
@@ -468,21 +478,7 @@ pub(crate) unsafe fn thin_compare_store_index(
             "cmp qword ptr [{off}], {expect}",
             "jne 9f",
             "mov qword ptr [{off}], {new}",
-            // Past the section: the index it read, from the address it wrote.
-            "4:",
-            "sub {off}, {base}",
-            "shr {off}, {shift}",
-            "mov {idx:e}, {off:e}",
-            "28:",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long {sig}",
-            "5:",
-            "7:",
-            "9:",
-            "mov {idx:e}, -1",
-            "jmp 28b",
-            ".popsection",
+            thin_end_index!(),
             area = in(reg) area,
             cids = in(reg) cids,
             base = in(reg) base,
