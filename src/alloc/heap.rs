@@ -216,12 +216,11 @@ impl Heap {
         ok
     }
 
-    /// Raises the thin sections' count after a slow path (see `ThinCell::refresh`).
+    /// Raises the thin sections' count after a slow path (see `ThinCell::refresh`;
+    /// a cell that was set belongs to a ready heap, so its heads exist).
     #[inline]
     pub(super) fn refresh_thin(&self) {
-        if self.ready() {
-            self.thin.refresh(self.head(0).hot().1);
-        }
+        self.thin.refresh(|| self.head(0).hot().1);
     }
 
     fn set_up(&self) -> bool {

@@ -392,7 +392,7 @@ mod imp {
             match tally(which) {
                 Some(word) => {
                     word.add(1);
-                    THIN.refresh(word.hot().1);
+                    THIN.refresh(|| word.hot().1);
                 }
                 None => {
                     SPARE[which].fetch_add(1, Ordering::SeqCst);

@@ -376,20 +376,6 @@ impl HotWord {
         }
         None
     }
-
-    /// Word `i` of the allocation in the unit of index `idx` of plane 0.
-    ///
-    /// # Safety
-    /// A section on this hot word committed on `idx` (so the unit is materialised;
-    /// limits never shrink), `i` is within the allocation, and the caller keeps the
-    /// allocation alive for `'a`.
-    #[inline(always)]
-    pub(crate) unsafe fn unit_word<'a>(self, idx: u32, i: usize) -> &'a AtomicU64 {
-        let offset = ((idx as usize) << crate::cid::UNIT_SHIFT) / 8 + i;
-        // SAFETY: the caller's contract: the word is inside a materialised unit of a
-        // live allocation (a `u64` word is an `AtomicU64`).
-        unsafe { &*(self.base.add(offset) as *const AtomicU64) }
-    }
 }
 
 /// A thin section's operands, kept by the structure that owns the word (a counter,
@@ -430,19 +416,33 @@ impl ThinCell {
     /// first, then the count (release), so a section that passes the count's check
     /// addresses the real base.
     pub(crate) fn set(&self, (base, limit): (*mut u64, *const u32)) {
-        use std::sync::atomic::Ordering;
-        self.base.store(base, Ordering::Relaxed);
-        self.refresh(limit);
+        self.base.store(base, std::sync::atomic::Ordering::Relaxed);
+        self.raise(limit);
     }
 
-    /// Raises the count to the chunk's limit `*limit` (the word's chunk): a slow path
-    /// calls it after a section missed, so the next one on a new index is thin too.
-    /// A cell never [`set`](ThinCell::set) stays missing.
-    pub(crate) fn refresh(&self, limit: *const u32) {
+    /// Raises the count to the chunk's limit (the word's chunk's, which `limit`
+    /// gives): a slow path calls it after a section missed, so the next one on a new
+    /// index is thin too. Only a thread that runs thin sections looks (the others'
+    /// slow paths are their every operation, and the count is not theirs to need),
+    /// and only at a cell that was [`set`](ThinCell::set).
+    #[inline]
+    pub(crate) fn refresh(&self, limit: impl FnOnce() -> *const u32) {
+        if thin_area() != 0
+            && !self
+                .base
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .is_null()
+        {
+            self.raise(limit());
+        }
+    }
+
+    /// Raises the count to `*limit`.
+    fn raise(&self, limit: *const u32) {
         use std::sync::atomic::Ordering;
         // Under loom there are no sections, and no limit to read (`limit_ptr` is
         // null there).
-        if limit.is_null() || self.base.load(Ordering::Relaxed).is_null() {
+        if limit.is_null() {
             return;
         }
         // SAFETY: `limit` is the chunk's limit word (`Word::hot`), alive as long as
@@ -518,8 +518,10 @@ impl ThinCell {
     #[inline(always)]
     pub(crate) unsafe fn unit_word<'a>(&self, idx: u32, i: usize) -> &'a AtomicU64 {
         let base = self.base.load(std::sync::atomic::Ordering::Relaxed);
-        // SAFETY: forwarded to `HotWord::unit_word` (the limit is not used there).
-        unsafe { HotWord::from_parts(base, std::ptr::null()).unit_word(idx, i) }
+        let offset = ((idx as usize) << crate::cid::UNIT_SHIFT) / 8 + i;
+        // SAFETY: the caller's contract: the word is inside a materialised unit of a
+        // live allocation (a `u64` word is an `AtomicU64`).
+        unsafe { &*(base.add(offset) as *const AtomicU64) }
     }
 
     /// One thin `list_pop`: the node it popped, or `None` for anything else (an

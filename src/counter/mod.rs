@@ -205,7 +205,7 @@ impl Shards {
                     self.carry(word, shard);
                 }
                 // The add may have materialised a new cid: the next is thin.
-                self.thin.refresh(word.hot().1);
+                self.thin.refresh(|| word.hot().1);
             }
             None => {
                 self.spill.fetch_add(n, Ordering::Relaxed);

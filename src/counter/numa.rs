@@ -111,7 +111,7 @@ impl NumaCounter {
                 self.publish(word);
                 word.add_on_node(n);
                 // The add may have materialised a new cid: the next is thin.
-                self.shards.thin.refresh(word.hot().1);
+                self.shards.thin.refresh(|| word.hot().1);
             }
             None => {
                 self.shards.spill.fetch_add(n, Ordering::Relaxed);

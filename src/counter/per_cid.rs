@@ -152,13 +152,13 @@ impl<T, F: Fn() -> T> PerCid<T, F> {
         // Before the lock (and released after it): a fork waits for the closure.
         let _fork = crate::cid::fork::hold();
         let (lock, slot) = match self.thin.compare_store_index(0, LOCKED) {
-            // SAFETY: the section committed on `idx` (below the arena's capacity,
-            // so `values` has its slot), in the lock word's allocation, which
-            // `self` keeps alive.
-            Some(idx) => (
-                unsafe { self.thin.unit_word(idx, 0) },
-                &self.values[idx as usize],
-            ),
+            Some(idx) => {
+                // SAFETY: the section committed on `idx`, in the lock word's
+                // allocation, which `self` keeps alive.
+                let lock = unsafe { self.thin.unit_word(idx, 0) };
+                // `idx` is below the arena's capacity: `values` has its slot.
+                (lock, &self.values[idx as usize])
+            }
             None => self.lock_slow(),
         };
         let _unlock = Unlock(lock);
@@ -181,7 +181,7 @@ impl<T, F: Fn() -> T> PerCid<T, F> {
             }
         };
         // A new cid may have been materialised: the next lock is thin.
-        self.thin.refresh(word.hot().1);
+        self.thin.refresh(|| word.hot().1);
         // `compare_store` only reports shards it could address, so these exist.
         let (Some(lock), Some(slot)) = (word.at(shard), self.slot(shard)) else {
             unreachable!("a locked shard without storage");

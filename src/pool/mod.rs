@@ -705,11 +705,14 @@ impl<T: Send> Pool<T> {
     /// Raises the thin cells' counts to the heads chunk's limit (a new cid may have
     /// been materialised since they were read; see `ThinCell::refresh`).
     fn refresh_thin(&self) {
-        if let Some(heads) = self.heads.get() {
-            let limit = heads.first().hot().1;
-            self.thin.refresh(limit);
-            self.thin_put.refresh(limit);
-        }
+        // A cell that was set belongs to built heads.
+        let limit = || {
+            self.heads
+                .get()
+                .map_or(std::ptr::null(), |h| h.first().hot().1)
+        };
+        self.thin.refresh(limit);
+        self.thin_put.refresh(limit);
     }
 
     /// The shrink policy.
