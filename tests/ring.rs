@@ -118,6 +118,53 @@ fn one_thread_gets_fifo_and_full() {
     assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
 }
 
+/// Fills the caller's ring until `Full`, empties it, and again, 500 times: the
+/// tail wraps the slots many times, every refill finds the producers' copy of the
+/// head stale (so the send refreshes it), and every payload word arrives intact.
+fn fill_and_drain<T, F>(make: F)
+where
+    T: Send + PartialEq + std::fmt::Debug + 'static,
+    F: Fn(u64) -> T,
+{
+    let (tx, mut rx) = ring::channel::<T>(4).unwrap();
+    let mut next = 0u64;
+    for _ in 0..500 {
+        let first = next;
+        loop {
+            match tx.try_send(make(next)) {
+                Ok(()) => next += 1,
+                Err(TrySendError::Full(v)) => {
+                    assert_eq!(v, make(next), "the refused value comes back");
+                    break;
+                }
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert!(next - first >= 4, "a ring holds its capacity");
+        let mut got: Vec<T> = rx.drain().collect();
+        let mut want: Vec<T> = (first..next).map(&make).collect();
+        if rx.rings() == 1 {
+            assert_eq!(got, want, "one ring is FIFO");
+        }
+        let key = |v: &T| format!("{v:?}");
+        got.sort_by_key(key);
+        want.sort_by_key(key);
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn full_rings_refill_after_draining_one_word_payloads() {
+    fill_and_drain(|i| i);
+    fill_and_drain(|i| i as u8);
+}
+
+#[test]
+fn full_rings_refill_after_draining_many_word_payloads() {
+    fill_and_drain(|i| [i, !i, i.rotate_left(17)]);
+    fill_and_drain(|i| (i as u32, format!("value {i}")));
+}
+
 #[test]
 fn receiver_ends_after_senders_leave() {
     let (tx, mut rx) = ring::channel::<u64>(64).unwrap();

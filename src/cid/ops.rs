@@ -495,6 +495,30 @@ impl ThinCell {
         (idx != u32::MAX).then_some(idx)
     }
 
+    /// One thin `store_payload_commit_index` of one payload on the ring whose tail
+    /// is the cell's word (see `arch::thin_push_one`): `Committed`, `Failed` (the
+    /// gate closed or the ring full), or `Aborted` for anything else (the caller then
+    /// takes [`PayloadSite::push`]).
+    ///
+    /// # Safety
+    /// As for `arch::thin_push_one` with the cell's operands: the buffer, cached-head
+    /// and head words lie `BUFFER`, `CACHED` and `HEAD` words past the tail word.
+    #[inline(always)]
+    pub(crate) unsafe fn push_one<const BUFFER: usize, const CACHED: usize, const HEAD: usize>(
+        &self,
+        args: &PayloadArgs,
+        src: *const u8,
+    ) -> SectionStatus {
+        let area = thin_area();
+        if area == 0 {
+            return SectionStatus::Aborted;
+        }
+        let (base, cids) = self.operands(0);
+        // SAFETY: as in `add_at` for the words; the ring's layout, geometry and `src`
+        // are the caller's contract.
+        unsafe { arch::thin_push_one::<BUFFER, CACHED, HEAD>(area, base, cids, args, src) }
+    }
+
     /// One thin `load_cbne_store`: if the word holds `expect`, stores `new` and
     /// says which index it committed on; `None` for anything else (another value
     /// too: the caller then takes [`Word::compare_store`]).
@@ -1228,6 +1252,29 @@ impl Words<'_> {
     }
 }
 
+/// Word offsets of a ring in its allocation, as [`crate::ring`] lays it out: the
+/// tail and the producers' copy of the head (written by the sections) and the buffer
+/// address (installed once) on one cache line, the consumer's head on the next, so
+/// that publishing a head does not invalidate the producers' line, and a send reads
+/// the head's line only when its copy says the ring is full. A [`PayloadSite`] on
+/// words laid out so takes the thin one-payload section, which addresses them from
+/// the tail's by these distances.
+///
+/// Under loom a unit leaves only 6 words to allocations (`Arena::MAX_WORDS`) and
+/// lines mean nothing: the words are packed.
+pub(crate) mod ring_words {
+    /// The producers' position (the sections' commit target).
+    pub(crate) const TAIL: usize = 0;
+    /// The address of the shard's slot buffer (0 until installed).
+    pub(crate) const BUFFER: usize = 1;
+    /// The producers' copy of the head, on their line (see `PayloadArgs::cached`).
+    pub(crate) const CACHED_HEAD: usize = 2;
+    /// The consumer's position.
+    pub(crate) const HEAD: usize = if cfg!(loom) { 3 } else { 8 };
+    /// Words per ring.
+    pub(crate) const WORDS: usize = if cfg!(loom) { 4 } else { 16 };
+}
+
 /// What a [`PayloadSite`] push did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Pushed {
@@ -1243,7 +1290,6 @@ pub(crate) enum Pushed {
 /// head) and geometry, resolved once so that a push builds its section's operands
 /// without chasing pointers: the producer side of [`crate::ring`]. In a NUMA arena the ring of a shard is the one
 /// in the plane of the node the section reads.
-#[derive(Clone, Copy)]
 pub(crate) struct PayloadSite<'a> {
     tail: Word<'a>,
     head: Word<'a>,
@@ -1251,9 +1297,14 @@ pub(crate) struct PayloadSite<'a> {
     cached: Word<'a>,
     /// The channel's gate: sends fail while it is non-zero.
     gate: &'a AtomicU64,
-    /// The section's operands with `src` null and `count` 0 (filled per push).
+    /// The section's operands with `src` null and `count` 0 (filled per push; the
+    /// thin section reads the geometry and the gate from here).
     args: PayloadArgs,
     numa: bool,
+    /// The tail word for the thin one-payload section: set when the words are laid
+    /// out as [`ring_words`] says, the arena is not NUMA and slots are not empty.
+    thin: ThinCell,
+    thin_on: bool,
 }
 
 // SAFETY: the raw pointers in `args` are addresses in the arena chunk the words
@@ -1287,7 +1338,15 @@ impl<'a> PayloadSite<'a> {
                 w.chunk.unit0(w.offset)
             }
         };
+        let at = |w: Word<'a>, distance: usize| w.offset == tail.offset + distance;
+        let thin_on = !numa
+            && slot_bytes >= 8
+            && at(buffer, ring_words::BUFFER - ring_words::TAIL)
+            && at(cached, ring_words::CACHED_HEAD - ring_words::TAIL)
+            && at(head, ring_words::HEAD - ring_words::TAIL);
         PayloadSite {
+            thin: ThinCell::new(thin_on, tail.hot()),
+            thin_on,
             tail,
             head,
             buffer,
@@ -1332,6 +1391,22 @@ impl<'a> PayloadSite<'a> {
     /// As for [`PayloadSite::push`].
     #[inline(always)]
     pub(crate) unsafe fn try_push(&self, src: *const u8, count: usize) -> Option<Pushed> {
+        if self.thin_on && count == 1 {
+            use ring_words::{BUFFER, CACHED_HEAD, HEAD, TAIL};
+            // SAFETY: the words are laid out as `ring_words` says (checked in `new`),
+            // and the rest is the caller's contract.
+            let st = unsafe {
+                self.thin
+                    .push_one::<{ BUFFER - TAIL }, { CACHED_HEAD - TAIL }, { HEAD - TAIL }>(
+                        &self.args, src,
+                    )
+            };
+            return match st {
+                SectionStatus::Committed => Some(Pushed::Committed(1)),
+                SectionStatus::Failed => Some(Pushed::Full),
+                _ => None,
+            };
+        }
         // The thin sections' thread-local: the area, indexed by `mm_cid` at its fixed
         // offset (other threads take `push`).
         let area = thin_area();
@@ -1358,6 +1433,12 @@ impl<'a> PayloadSite<'a> {
             SectionStatus::Failed => Some(Pushed::Full),
             _ => None,
         }
+    }
+
+    /// After a [`Self::push`]: lets the thin section reach the indexes materialised
+    /// since (see [`ThinCell::refresh`]).
+    pub(crate) fn refresh_thin(&self) {
+        self.thin.refresh(|| self.tail.chunk.limit_ptr());
     }
 
     /// `store_payload_commit_index` on the caller's shard: publishes the first `n`

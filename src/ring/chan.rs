@@ -11,19 +11,9 @@ use std::mem::MaybeUninit;
 use std::task::Waker;
 use std::time::Duration;
 
-/// Word offsets of a ring in its allocation: the tail and the producers' copy of
-/// the head (written by the sections) and the buffer address (installed once) on one
-/// cache line, the consumer's head on the next, so that publishing a head does not
-/// invalidate the producers' line, and a send reads the head's line only when its
-/// copy says the ring is full.
-/// Under loom a unit leaves only 6 words to allocations (`Arena::MAX_WORDS`) and
-/// lines mean nothing: the three words are packed.
-pub(super) const TAIL: usize = 0;
-pub(super) const BUFFER: usize = 1;
-/// The producers' copy of the head, on their own line (see `PayloadArgs::cached`).
-pub(super) const CACHED_HEAD: usize = 2;
-pub(super) const HEAD: usize = if cfg!(loom) { 3 } else { 8 };
-pub(super) const WORDS: usize = if cfg!(loom) { 4 } else { 16 };
+/// Word offsets of a ring in its allocation (see `cid::ring_words`: the thin send
+/// section addresses them from the tail's).
+pub(super) use crate::cid::ring_words::{BUFFER, CACHED_HEAD, HEAD, TAIL, WORDS};
 
 /// `closed` bits.
 pub(super) const SENDERS_GONE: u32 = 1;
@@ -340,7 +330,9 @@ impl<T> Chan<T> {
     unsafe fn push_slow(&self, src: *const Cell<T>, count: usize) -> Pushed {
         loop {
             // SAFETY: as in `push`.
-            match unsafe { self.site.push(src.cast(), count) } {
+            let pushed = unsafe { self.site.push(src.cast(), count) };
+            self.site.refresh_thin();
+            match pushed {
                 (Pushed::NoBuffer, shard) => self.install_buffer(shard),
                 (done, _) => return done,
             }

@@ -104,6 +104,22 @@ mod portable_only {
 
     /// # Safety
     /// None needed: nothing is accessed.
+    pub(crate) unsafe fn thin_push_one<
+        const BUFFER: usize,
+        const CACHED: usize,
+        const HEAD: usize,
+    >(
+        _: usize,
+        _: *mut u64,
+        _: u32,
+        _: &PayloadArgs,
+        _: *const u8,
+    ) -> SectionStatus {
+        SectionStatus::Aborted
+    }
+
+    /// # Safety
+    /// None needed: nothing is accessed.
     pub(crate) unsafe fn numa_load_add_store(
         _: SectionSite,
         _: usize,

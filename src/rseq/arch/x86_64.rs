@@ -41,10 +41,14 @@
 //! leaves through one out-of-line exit with nothing to decode; the caller's slow
 //! path then redoes the operation with the full section. Threads indexed by
 //! `cpu_id` never take them (`registration::thin_area` is 0 for them).
+//! [`thin_push_one`], a ring send of one payload, has an inline branch of its own
+//! (the producers' copy of the head refreshed when it says full): code that a
+//! section jumps to must lie between its start and its commit, or the kernel would
+//! not abort it there.
 //!
 //! Local labels: `2` start, `3` descriptor, `4` post-commit, `5` abort handler, `6`
-//! aborted, `7` not materialised, `8` end, `9` failed, `22`/`23` loops, `28` the end
-//! of the thin sections that return their index. Labels made only of 0s and 1s would be read as binary
+//! aborted, `7` not materialised, `8` end, `9` failed, `22`/`23`/`32` loops, `28` the end
+//! of the thin sections that return their index, `31` a thin send's room found. Labels made only of 0s and 1s would be read as binary
 //! literals by LLVM and are avoided.
 
 use super::{PayloadArgs, SectionSite, SectionStatus};
@@ -732,6 +736,115 @@ pub(crate) unsafe fn list_push(
         )
     };
     (SectionStatus::from_raw(st), idx)
+}
+
+/// Thin `store_payload_commit_index` for one payload: `Committed` when it published
+/// `src`'s `slot_bytes` bytes, `Failed` when the gate is closed or the ring full
+/// (as the full section says), `Aborted` for any other ending (no buffer yet, abort,
+/// index not materialised: the caller takes the full section). The ring's words are
+/// addressed from the tail word's (`base`) by their distance in the unit, `BUFFER`,
+/// `CACHED` and `HEAD` words on; `args` gives the geometry and the gate (its `tail`,
+/// `head`, `buffer`, `cached`, `src` and `count` are not read). The producers' copy of
+/// the head is refreshed from the head, inside the section, only when it says full.
+///
+/// # Safety
+/// As for [`thin_add`] for the tail word; for every index below `cids` the words
+/// `BUFFER`, `CACHED` and `HEAD` words past its tail word are that index's buffer,
+/// cached-head and head words (as for [`store_payload_commit_index`]); `args.gate` is
+/// readable, `args.mask + 1` a power of two and `args.slot_bytes` a non-zero multiple
+/// of 8; `src` is readable for `slot_bytes` bytes.
+#[inline(always)]
+pub(crate) unsafe fn thin_push_one<const BUFFER: usize, const CACHED: usize, const HEAD: usize>(
+    area: usize,
+    base: *mut u64,
+    cids: u32,
+    args: &PayloadArgs,
+    src: *const u8,
+) -> SectionStatus {
+    let mut status = SectionStatus::Committed;
+    // SAFETY: as for `thin_add` and `store_payload_commit_index`: the section writes
+    // `rseq_cs`, the index's cached-head word (a lower bound of the head: harmless if
+    // the section then aborts), one free slot of its buffer (invisible until the
+    // tail moves) and its tail word (the commit).
+    unsafe {
+        asm!(
+            thin_start!(),
+            // The channel's gate: closed (or spilling) channels take no send here.
+            "mov {t}, qword ptr [{args} + {gate}]",
+            "cmp qword ptr [{t}], 0",
+            "jne 9f",
+            "mov {t}, qword ptr [{off}]",
+            // used = tail - the producers' copy of the head; room when used <= mask.
+            "mov {x}, {t}",
+            "sub {x}, qword ptr [{off} + {cached}]",
+            "cmp {x}, qword ptr [{args} + {mask}]",
+            "jbe 31f",
+            // Looks full: refresh the copy from the head and decide on it. Inline:
+            // everything up to the commit must lie in the section's range.
+            "mov {x}, qword ptr [{off} + {head}]",
+            "mov qword ptr [{off} + {cached}], {x}",
+            "neg {x}",
+            "add {x}, {t}",
+            "cmp {x}, qword ptr [{args} + {mask}]",
+            "ja 9f",
+            "31:",
+            "mov {buf}, qword ptr [{off} + {buffer}]",
+            "test {buf}, {buf}",
+            "jz 7f",
+            // The slot: buffer + (tail & mask) * slot_bytes; copy it from its end.
+            "mov {x}, {t}",
+            "and {x}, qword ptr [{args} + {mask}]",
+            "imul {x}, qword ptr [{args} + {slot}]",
+            "add {buf}, {x}",
+            "mov {x}, qword ptr [{args} + {slot}]",
+            "32:",
+            "sub {x}, 8",
+            // `mov` leaves the flags of `sub`: loop until the offset is 0.
+            "mov {area}, qword ptr [{src} + {x}]",
+            "mov qword ptr [{buf} + {x}], {area}",
+            "jnz 32b",
+            "add {t}, 1",
+            "mov qword ptr [{off}], {t}",
+            // As `thin_end!`, but the section's own failure (label 9) leaves apart.
+            "4:",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long {sig}",
+            "5:",
+            "7:",
+            "jmp {other}",
+            "9:",
+            "jmp {refused}",
+            ".popsection",
+            area = inout(reg) area => _,
+            cids = in(reg) cids,
+            base = in(reg) base,
+            args = in(reg) args as *const PayloadArgs,
+            src = in(reg) src,
+            off = out(reg) _,
+            t = out(reg) _,
+            x = out(reg) _,
+            buf = out(reg) _,
+            gate = const core::mem::offset_of!(PayloadArgs, gate),
+            mask = const core::mem::offset_of!(PayloadArgs, mask),
+            slot = const core::mem::offset_of!(PayloadArgs, slot_bytes),
+            buffer = const BUFFER * 8,
+            cached = const CACHED * 8,
+            head = const HEAD * 8,
+            cs_field = const abi::offset::RSEQ_CS,
+            mm_cid = const abi::offset::MM_CID,
+            shift = const UNIT_SHIFT,
+            sig = const abi::SIGNATURE,
+            other = label {
+                status = SectionStatus::Aborted;
+            },
+            refused = label {
+                status = SectionStatus::Failed;
+            },
+            options(nostack),
+        )
+    };
+    status
 }
 
 /// The body of the payload sections, after `{off}` was set by the section start:
