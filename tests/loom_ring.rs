@@ -41,8 +41,13 @@
 //! * `spill_hand_over_keeps_one_threads_order`: an unbounded channel with a ring of
 //!   1 slot; one producer sends three values while a blocking `recv` takes them, so
 //!   the channel goes from the ring to the spill queue and back (the receiver clears
-//!   the spilling state while the producer's next send reads it): every value once,
-//!   in the producer's order, and the spilled sends wake the sleeping receiver.
+//!   the spilling state while the producer's next send reads it, either once the
+//!   queue is empty or when it takes a batch while the ring is empty, then hands the
+//!   batch out before the ring): every value once, in the producer's order, and the
+//!   spilled sends wake the sleeping receiver.
+//! * `spill_batch_goes_before_the_ring`: the same with four values, so a batch of
+//!   two can be taken while the ring is empty and the fourth value goes to the
+//!   ring before the batch is out.
 //! * `close_against_a_spilling_send`: the second send of an unbounded channel goes
 //!   through the spill path while the receiver closes: each send either fails with
 //!   its value back or its value is received before the end is reported, in order
@@ -319,6 +324,39 @@ fn spill_hand_over_keeps_one_threads_order() {
         );
         drop(rx);
         assert_eq!(drops.load(Ordering::Relaxed), 3);
+    });
+}
+
+/// The hand-over with a batch: four sends through a ring of 1 slot, so the
+/// receiver can take a spill batch of two while the ring is empty, send the
+/// producer back to the ring, and must still hand out the batch before the ring's
+/// value. Two preemptions (the producer after its third send, the receiver after
+/// taking the batch) reach that order; the model takes seconds at that bound.
+#[test]
+fn spill_batch_goes_before_the_ring() {
+    let mut model = loom::model::Builder::new();
+    model.preemption_bound = Some(2);
+    model.check(|| {
+        let (tx, mut rx, drops) = channel_with(1, true);
+        let producer = thread::spawn(move || {
+            place(Some(0));
+            for k in 0..4 {
+                tx.send(value(k, drops)).expect("receiver alive");
+            }
+        });
+        place(Some(1));
+        let mut got = Vec::new();
+        while let Ok(c) = rx.recv() {
+            got.push(c.v);
+        }
+        producer.join().unwrap();
+        assert_eq!(
+            got,
+            [0, 1, 2, 3],
+            "one thread's values lost, twice or out of order"
+        );
+        drop(rx);
+        assert_eq!(drops.load(Ordering::Relaxed), 4);
     });
 }
 

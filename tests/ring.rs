@@ -165,6 +165,36 @@ fn full_rings_refill_after_draining_many_word_payloads() {
     fill_and_drain(|i| (i as u32, format!("value {i}")));
 }
 
+/// A receiver that takes a spill batch while the rings are empty sends senders
+/// back to the rings at once; the rest of the batch must still come out before a
+/// value sent to a ring afterwards. One thread, rings of 1 slot: `a` fills the
+/// ring, `b` and `c` spill, the receiver takes `a` and then `b` (taking the batch
+/// `[b, c]`), `d` goes to a ring, and `c` must come before `d`.
+#[test]
+fn a_spilled_batch_comes_before_later_ring_values() {
+    let (tx, mut rx) = ring::Builder::new()
+        .unbounded(true)
+        .capacity_per_cid(1)
+        .build::<u64>()
+        .unwrap();
+    for round in 0..100u64 {
+        let [a, b, c, d] = [0, 1, 2, 3].map(|k| round * 4 + k);
+        for v in [a, b, c] {
+            tx.send(v).unwrap();
+        }
+        assert_eq!(rx.try_recv(), Ok(a));
+        assert_eq!(rx.try_recv(), Ok(b));
+        tx.send(d).unwrap();
+        assert_eq!(
+            rx.try_recv(),
+            Ok(c),
+            "round {round}: a ring value overtook the spill"
+        );
+        assert_eq!(rx.try_recv(), Ok(d));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    }
+}
+
 #[test]
 fn receiver_ends_after_senders_leave() {
     let (tx, mut rx) = ring::channel::<u64>(64).unwrap();

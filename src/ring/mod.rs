@@ -94,9 +94,10 @@
 //! the channel's *spill queue* instead of waiting, and while that queue holds values
 //! every send goes there too (the gate word the send section reads says so), so no
 //! thread's values overtake each other. The receiver takes the rings first, then the
-//! spill queue in batches; once it has caught up, sends go back to the rings and the
-//! queue's memory is freed (the receiver keeps at most 64 slots of it). Sends never
-//! wait and never fail while the receiver lives.
+//! spill queue in batches; sends go back to the rings once it has caught up, or as
+//! soon as it takes a batch while every ring is empty (it then hands that batch out
+//! before any ring value), and the queue's memory is freed (the receiver keeps at
+//! most 64 slots of it). Sends never wait and never fail while the receiver lives.
 //!
 //! # Closing and disconnection
 //!

@@ -91,6 +91,9 @@ pub struct Receiver<T> {
     spin: u32,
     /// Values taken from the spill queue in one go, handed out after the rings.
     spilled: VecDeque<T>,
+    /// `spilled` was taken while every ring was empty, and the spill ended then:
+    /// its values come before any ring value (see [`Receiver::next_spilled`]).
+    spill_first: bool,
     /// A receive reported the channel closed and empty (`FusedStream`).
     terminated: bool,
 }
@@ -136,6 +139,7 @@ impl<T> Receiver<T> {
             idle_since: None,
             spin: 1,
             spilled: VecDeque::new(),
+            spill_first: false,
             terminated: false,
         };
         rx.refresh();
@@ -690,19 +694,37 @@ impl<T> Receiver<T> {
     /// the take of the spill queue (the spill lock orders them), so the caller,
     /// which looks at the rings before every spilled value, hands it out first:
     /// each thread's values keep their order.
+    ///
+    /// Sends go back to the rings as soon as the receiver takes a batch while
+    /// every ring is empty (looked at under the spill lock), not only once the queue
+    /// is empty: a sender's ring values before its spilled ones were committed
+    /// before it took the lock, so none is left behind, and the batch is handed out
+    /// before any ring value (`spill_first`), so a sender's later ring values follow
+    /// its spilled ones. Under a steady overload the queue is seldom empty when
+    /// the receiver looks, and every send would otherwise keep taking the lock.
     #[cold]
     #[inline(never)]
     fn next_spilled(&mut self) -> Option<T> {
         if let Some(v) = self.spilled.pop_front() {
+            if self.spilled.is_empty() {
+                self.spill_first = false;
+                // A burst's memory back to the allocator (the spill may be over).
+                if self.spilled.capacity() > SPILL_KEEP {
+                    self.spilled = VecDeque::new();
+                }
+            }
             self.chan
                 .spill_held
                 .store(self.spilled.len() as u64, Ordering::Relaxed);
             return Some(v);
         }
+        self.spill_first = false;
         if self.chan.gate().load(Ordering::Acquire) & GATE_SPILL == 0 {
             return None;
         }
-        let mut queue = lock(&self.chan.spill.0);
+        // Its own handle: the rings are looked at (`refresh`) under the lock.
+        let chan = Arc::clone(&self.chan);
+        let mut queue = lock(&chan.spill.0);
         if queue.is_empty() {
             // Caught up: sends go back to the rings, and a burst's memory back to
             // the allocator.
@@ -719,6 +741,14 @@ impl<T> Receiver<T> {
         self.chan
             .spill_held
             .store(self.spilled.len() as u64, Ordering::Relaxed);
+        self.refresh();
+        if self.rings_empty() {
+            self.chan.gate().fetch_and(!GATE_SPILL, Ordering::SeqCst);
+            self.spill_first = true;
+            drop(queue);
+            self.chan.tx.0.notify(1);
+            return self.next_spilled();
+        }
         drop(queue);
         if let Some((v, _)) = self.next_entry() {
             return Some(v);
@@ -730,11 +760,23 @@ impl<T> Receiver<T> {
         v
     }
 
+    /// Whether every ring known to the receiver has nothing published it has not
+    /// taken.
+    fn rings_empty(&self) -> bool {
+        self.rings.iter().all(|r| {
+            // SAFETY: words of the channel's run (see `Send`).
+            unsafe { &*r.tail }.load(Ordering::Acquire) == r.next
+        })
+    }
+
     /// The next value of the rings, visiting the current ring for up to [`BURST`]
     /// values, then the others in turn, with the shard whose ring held it; `None`
-    /// when all are empty.
+    /// when all are empty, or while a batch of spilled values goes first.
     #[inline]
     fn next_entry(&mut self) -> Option<(T, Shard)> {
+        if self.spill_first {
+            return None;
+        }
         for _ in 0..2 {
             for _ in 0..self.rings.len() {
                 let i = self.cursor;
@@ -814,8 +856,12 @@ impl<T> Receiver<T> {
     }
 
     /// [`Receiver::next_value`] for a run: appends up to `max` values of the ring
-    /// being visited (within its burst) to `out`; 0 when every ring is empty.
+    /// being visited (within its burst) to `out`; 0 when every ring is empty, or
+    /// while a batch of spilled values goes first.
     fn next_run(&mut self, out: &mut Vec<T>, max: usize) -> usize {
+        if self.spill_first {
+            return 0;
+        }
         for _ in 0..2 {
             for _ in 0..self.rings.len() {
                 let i = self.cursor;
@@ -999,6 +1045,7 @@ impl<T> Drop for Receiver<T> {
         }
         chan.tx.0.wake(u64::MAX);
         self.spilled.clear();
+        self.spill_first = false;
         // Dropped outside the lock: a value's drop may use the channel.
         let spilled = std::mem::take(&mut *lock(&chan.spill.0));
         drop(spilled);

@@ -250,6 +250,21 @@ macro_rules! numa_section_start {
     };
 }
 
+/// The abort handler's entry (label 5) in `__rseq_failure`, behind the signature;
+/// the caller writes the handler's code and closes the section with `.popsection`.
+macro_rules! abort_handler {
+    () => {
+        concat!(
+            ".pushsection __rseq_failure, \"ax\"\n",
+            // ud1 with the signature as its displacement: the kernel checks the 4
+            // bytes before the abort handler, and a stray jump here traps.
+            ".byte 0x0f, 0xb9, 0x3d\n",
+            ".long {sig}\n",
+            "5:\n",
+        )
+    };
+}
+
 /// Everything after the committing store: the status, and the abort handler.
 macro_rules! section_end {
     () => {
@@ -266,12 +281,7 @@ macro_rules! section_end {
             "9:\n",
             "mov {st:e}, 3\n",
             "8:\n",
-            ".pushsection __rseq_failure, \"ax\"\n",
-            // ud1 with the signature as its displacement: the kernel checks the 4
-            // bytes before the abort handler, and a stray jump here traps.
-            ".byte 0x0f, 0xb9, 0x3d\n",
-            ".long {sig}\n",
-            "5:\n",
+            abort_handler!(),
             "jmp 6b\n",
             ".popsection\n",
         )
@@ -348,10 +358,7 @@ macro_rules! thin_end {
     ($on_fail:expr, $leave:expr) => {
         concat!(
             "4:\n",
-            ".pushsection __rseq_failure, \"ax\"\n",
-            ".byte 0x0f, 0xb9, 0x3d\n",
-            ".long {sig}\n",
-            "5:\n",
+            abort_handler!(),
             "7:\n",
             "9:\n",
             $on_fail,
@@ -372,10 +379,7 @@ macro_rules! thin_end_index {
             "shr {off}, {shift}\n",
             "mov {idx:e}, {off:e}\n",
             "28:\n",
-            ".pushsection __rseq_failure, \"ax\"\n",
-            ".byte 0x0f, 0xb9, 0x3d\n",
-            ".long {sig}\n",
-            "5:\n",
+            abort_handler!(),
             "7:\n",
             "9:\n",
             "mov {idx:e}, -1\n",
@@ -807,10 +811,7 @@ pub(crate) unsafe fn thin_push_one<const BUFFER: usize, const CACHED: usize, con
             "mov qword ptr [{off}], {t}",
             // As `thin_end!`, but the section's own failure (label 9) leaves apart.
             "4:",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long {sig}",
-            "5:",
+            abort_handler!(),
             "7:",
             "jmp {other}",
             "9:",
@@ -1146,10 +1147,7 @@ pub(crate) unsafe fn numa_load_add_store_committed(cpu: SectionSite, woff: usize
             "add {t}, {v}",
             "mov qword ptr [{off}], {t}",
             "4:",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long {sig}",
-            "5:",
+            abort_handler!(),
             "jmp {failed}",
             "7:",
             "jmp {failed}",

@@ -107,6 +107,9 @@ pub(crate) const CAPACITY_PER_CID: usize = 1024;
 const SPAWNERS: usize = 8;
 const SPAWN_WORKERS: usize = 2;
 
+/// Messages per burst of the one-thread cases: sent, then received, by one thread.
+const LOCAL_BURST: u64 = 256;
+
 /// Operations per thread of the warm-up sample every case runs before calibration.
 const WARM_UP_OPS: u64 = 500;
 
@@ -152,6 +155,8 @@ enum Consumer {
     Sync,
     #[cfg_attr(not(feature = "peers"), allow(dead_code))]
     Async,
+    /// The producer itself, after each burst ([`local_case`]).
+    Local,
 }
 
 impl Consumer {
@@ -159,6 +164,7 @@ impl Consumer {
         match self {
             Consumer::Sync => "sync",
             Consumer::Async => "async",
+            Consumer::Local => "local",
         }
     }
 }
@@ -180,7 +186,7 @@ pub(crate) fn peer_capacity() -> usize {
     CAPACITY_PER_CID * std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-const RATIOS: [Ratio; 21] = [
+const RATIOS: [Ratio; 22] = [
     Ratio {
         key: "speedup_vs_best_crossbeam_2p",
         peer: "ArrayQueue u64 x1 sync 2p | crossbeam-channel u64 x1 sync 2p",
@@ -205,6 +211,11 @@ const RATIOS: [Ratio; 21] = [
         key: "speedup_vs_best_crossbeam_1p",
         peer: "ArrayQueue u64 x1 sync 1p | crossbeam-channel u64 x1 sync 1p",
         ours: "percid::ring u64 x1 sync 1p",
+    },
+    Ratio {
+        key: "local_speedup_vs_best_crossbeam",
+        peer: "ArrayQueue u64 x1 local 1p | crossbeam-channel u64 x1 local 1p",
+        ours: "percid::ring u64 x1 local 1p",
     },
     Ratio {
         key: "speedup_vs_best_crossbeam_64p",
@@ -398,7 +409,7 @@ fn left_out_note() -> Option<String> {
 
 /// Every case, in table order.
 fn all_cases() -> Vec<Case<'static>> {
-    let mut cases = Vec::new();
+    let mut cases = local_cases();
     for &n in &PRODUCERS {
         cases.extend(sync_cases::<u64>(n, 1));
     }
@@ -514,6 +525,42 @@ fn sync_case<M: Message, C: SyncChannel<M> + 'static>(
         } else {
             check(&name, chan.recv_sum(total), expected_sum::<M>(total, n));
         }
+    })
+}
+
+/// One thread that sends [`LOCAL_BURST`] messages, then receives them, and again:
+/// the cost of a send and a receive when no other thread touches the channel's
+/// lines (the sections' own cost, which the cross-thread cases hide behind cache
+/// misses).
+fn local_cases() -> Vec<Case<'static>> {
+    let cap = peer_capacity();
+    #[allow(unused_mut)] // extended with feature `peers`
+    let mut cases = vec![
+        local_case(PERCID, Percid::new(CAPACITY_PER_CID)),
+        local_case(STD, StdSync::new(cap)),
+    ];
+    #[cfg(feature = "peers")]
+    cases.extend([
+        local_case(QUEUE, Queue::new(cap)),
+        local_case(CROSSBEAM, Crossbeam::new(cap)),
+    ]);
+    cases
+}
+
+fn local_case<C: SyncChannel<u64> + 'static>(label: &str, chan: C) -> Case<'static> {
+    let name = case_name(label, u64::NAME, 1, Consumer::Local, 1);
+    Case::new(name.clone(), 1, move |_, ops| {
+        let mut sum = 0u64;
+        let mut sent = 0;
+        while sent < ops {
+            let burst = LOCAL_BURST.min(ops - sent);
+            for v in sent + 1..=sent + burst {
+                chan.send(v);
+            }
+            sum = sum.wrapping_add(chan.recv_sum(burst));
+            sent += burst;
+        }
+        check(&name, sum, expected_sum::<u64>(ops, 1));
     })
 }
 
