@@ -296,6 +296,30 @@ fn blocked_portable_sender_is_woken_by_the_consumer() {
     blocked_sender_is_woken(None);
 }
 
+/// One producer on cid 0 sends `0..n` through an unbounded channel with a ring of 1
+/// slot while a blocking `recv` on cid 1 takes them: every value once, in order.
+fn one_producer_through_a_spill(n: u64) {
+    let (tx, mut rx, drops) = channel_with(1, true);
+    let producer = thread::spawn(move || {
+        place(Some(0));
+        for k in 0..n {
+            tx.send(value(k, drops)).expect("receiver alive");
+        }
+    });
+    place(Some(1));
+    let mut got = Vec::new();
+    while let Ok(c) = rx.recv() {
+        got.push(c.v);
+    }
+    producer.join().unwrap();
+    assert!(
+        got.iter().copied().eq(0..n),
+        "one thread's values lost, twice or out of order: {got:?}"
+    );
+    drop(rx);
+    assert_eq!(drops.load(Ordering::Relaxed), n as usize);
+}
+
 /// The spill hand-over: a ring of 1 slot, three sends, a blocking receiver. The
 /// sends go to the ring, to the spill queue once it is full, and back to the ring
 /// once the receiver caught up (it clears the spilling state under the spill lock
@@ -303,28 +327,7 @@ fn blocked_portable_sender_is_woken_by_the_consumer() {
 /// receiver, and the one producer's values come out in its order.
 #[test]
 fn spill_hand_over_keeps_one_threads_order() {
-    loom::model(|| {
-        let (tx, mut rx, drops) = channel_with(1, true);
-        let producer = thread::spawn(move || {
-            place(Some(0));
-            for k in 0..3 {
-                tx.send(value(k, drops)).expect("receiver alive");
-            }
-        });
-        place(Some(1));
-        let mut got = Vec::new();
-        while let Ok(c) = rx.recv() {
-            got.push(c.v);
-        }
-        producer.join().unwrap();
-        assert_eq!(
-            got,
-            [0, 1, 2],
-            "one thread's values lost, twice or out of order"
-        );
-        drop(rx);
-        assert_eq!(drops.load(Ordering::Relaxed), 3);
-    });
+    loom::model(|| one_producer_through_a_spill(3));
 }
 
 /// The hand-over with a batch: four sends through a ring of 1 slot, so the
@@ -336,28 +339,7 @@ fn spill_hand_over_keeps_one_threads_order() {
 fn spill_batch_goes_before_the_ring() {
     let mut model = loom::model::Builder::new();
     model.preemption_bound = Some(2);
-    model.check(|| {
-        let (tx, mut rx, drops) = channel_with(1, true);
-        let producer = thread::spawn(move || {
-            place(Some(0));
-            for k in 0..4 {
-                tx.send(value(k, drops)).expect("receiver alive");
-            }
-        });
-        place(Some(1));
-        let mut got = Vec::new();
-        while let Ok(c) = rx.recv() {
-            got.push(c.v);
-        }
-        producer.join().unwrap();
-        assert_eq!(
-            got,
-            [0, 1, 2, 3],
-            "one thread's values lost, twice or out of order"
-        );
-        drop(rx);
-        assert_eq!(drops.load(Ordering::Relaxed), 4);
-    });
+    model.check(|| one_producer_through_a_spill(4));
 }
 
 /// `close` against a send on the spill path: each send fails with its value back,
