@@ -708,7 +708,7 @@ impl<T> Receiver<T> {
         if let Some(v) = self.spilled.pop_front() {
             if self.spilled.is_empty() {
                 self.spill_first = false;
-                // A burst's memory back to the allocator (the spill may be over).
+                // A burst's memory back to the allocator.
                 if self.spilled.capacity() > SPILL_KEEP {
                     self.spilled = VecDeque::new();
                 }
@@ -718,7 +718,6 @@ impl<T> Receiver<T> {
                 .store(self.spilled.len() as u64, Ordering::Relaxed);
             return Some(v);
         }
-        self.spill_first = false;
         if self.chan.gate().load(Ordering::Acquire) & GATE_SPILL == 0 {
             return None;
         }
@@ -726,13 +725,10 @@ impl<T> Receiver<T> {
         let chan = Arc::clone(&self.chan);
         let mut queue = lock(&chan.spill.0);
         if queue.is_empty() {
-            // Caught up: sends go back to the rings, and a burst's memory back to
-            // the allocator.
+            // Caught up: sends go back to the rings (the batch's memory went back
+            // to the allocator when its last value was handed out).
             self.chan.gate().fetch_and(!GATE_SPILL, Ordering::SeqCst);
             drop(queue);
-            if self.spilled.capacity() > SPILL_KEEP {
-                self.spilled = VecDeque::new();
-            }
             self.chan.tx.0.notify(1);
             return None;
         }

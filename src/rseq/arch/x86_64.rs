@@ -766,10 +766,9 @@ pub(crate) unsafe fn thin_push_one<const BUFFER: usize, const CACHED: usize, con
     src: *const u8,
 ) -> SectionStatus {
     let mut status = SectionStatus::Committed;
-    // SAFETY: as for `thin_add` and `store_payload_commit_index`: the section writes
-    // `rseq_cs`, the index's cached-head word (a lower bound of the head: harmless if
-    // the section then aborts), one free slot of its buffer (invisible until the
-    // tail moves) and its tail word (the commit).
+    // SAFETY: as for `thin_add` and `store_payload_commit_index`; writes `rseq_cs`, the
+    // cached head (a lower bound: harmless on abort), one free slot (invisible until
+    // the tail moves) and the tail (the commit).
     unsafe {
         asm!(
             thin_start!(),
