@@ -77,7 +77,8 @@ pub use arena::{Arena, NodeStorage, StorageError, StorageStats, Word, Words};
 pub(crate) use arena::{DIR_BASE, DIR_LIMIT, DIR_PLANES, DIR_SLOT_SHIFT, UNIT_SHIFT};
 pub use ops::{ForeignError, ListFull, PushOutcome, Shard};
 pub(crate) use ops::{
-    HotWord, NO_CIDS, NodeHotWord, PayloadSite, Pushed, ThinCell, ring_words, thread_node,
+    HotWord, NO_CIDS, NodeHotWord, PayloadSite, Pushed, ThinCell, cold_path, ring_words,
+    thread_node,
 };
 
 /// The process-wide arena that the crate's structures allocate from. (Under loom,

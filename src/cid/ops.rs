@@ -394,6 +394,27 @@ pub(crate) struct ThinCell {
     cids: std::sync::atomic::AtomicU32,
 }
 
+/// This thread's area for the thin sections ([`thin_area`]), `None` marked cold: a
+/// thread without one takes the slow path anyway, and the hint makes the compiler
+/// lay the section out as the straight line of the fast path.
+#[inline(always)]
+fn hot_area() -> Option<usize> {
+    let area = thin_area();
+    if area == 0 {
+        cold_path();
+        return None;
+    }
+    Some(area)
+}
+
+/// Marks the branch that calls it as unlikely, so the compiler lays the other one
+/// out as the straight line (`std::hint::cold_path` from Rust 1.95; this form works
+/// from the crate's MSRV: a call to a cold function is a cold branch, and inlining
+/// the empty body leaves only the hint).
+#[cold]
+#[inline(always)]
+pub(crate) fn cold_path() {}
+
 impl ThinCell {
     /// A cell that misses every section until [`ThinCell::set`].
     pub(crate) const fn missing() -> ThinCell {
@@ -474,21 +495,20 @@ impl ThinCell {
     /// allocation.
     #[inline(always)]
     pub(crate) fn add_at(&self, i: usize, v: u64) -> bool {
-        let area = thin_area();
+        let Some(area) = hot_area() else {
+            return false;
+        };
         let (base, cids) = self.operands(i);
         // SAFETY: below `cids` the base addresses a live word's materialised units
         // (the owner keeps the allocation alive, and a count is only published
         // after the base); `area` is this thread's registered area.
-        area != 0 && unsafe { arch::thin_add(area, base, cids, v) }
+        unsafe { arch::thin_add(area, base, cids, v) }
     }
 
     /// [`ThinCell::add`] that says which index it committed on.
     #[inline(always)]
     pub(crate) fn add_index(&self, v: u64) -> Option<u32> {
-        let area = thin_area();
-        if area == 0 {
-            return None;
-        }
+        let area = hot_area()?;
         let (base, cids) = self.operands(0);
         // SAFETY: as in `add_at`.
         let idx = unsafe { arch::thin_add_index(area, base, cids, v) };
@@ -509,10 +529,9 @@ impl ThinCell {
         args: &PayloadArgs,
         src: *const u8,
     ) -> SectionStatus {
-        let area = thin_area();
-        if area == 0 {
+        let Some(area) = hot_area() else {
             return SectionStatus::Aborted;
-        }
+        };
         let (base, cids) = self.operands(0);
         // SAFETY: as in `add_at` for the words; the ring's layout, geometry and `src`
         // are the caller's contract.
@@ -524,10 +543,7 @@ impl ThinCell {
     /// too: the caller then takes [`Word::compare_store`]).
     #[inline(always)]
     pub(crate) fn compare_store_index(&self, expect: u64, new: u64) -> Option<u32> {
-        let area = thin_area();
-        if area == 0 {
-            return None;
-        }
+        let area = hot_area()?;
         let (base, cids) = self.operands(0);
         // SAFETY: as in `add_at`.
         let idx = unsafe { arch::thin_compare_store_index(area, base, cids, expect, new) };
@@ -565,10 +581,7 @@ impl ThinCell {
     /// As for [`Word::list_pop`], for that word.
     #[inline(always)]
     pub(crate) unsafe fn list_pop_at(&self, i: usize) -> Option<usize> {
-        let area = thin_area();
-        if area == 0 {
-            return None;
-        }
+        let area = hot_area()?;
         let (base, cids) = self.operands(i);
         // SAFETY: as in `add`; listed nodes are live (the caller's contract).
         let node = unsafe { arch::thin_list_pop(area, base, cids) };
@@ -592,10 +605,12 @@ impl ThinCell {
     /// As for [`Word::list_push`], for that word.
     #[inline(always)]
     pub(crate) unsafe fn list_push_at(&self, i: usize, node: usize, max_len: u16) -> bool {
-        let area = thin_area();
+        let Some(area) = hot_area() else {
+            return false;
+        };
         let (base, cids) = self.operands(i);
         // SAFETY: as in `list_pop`; the node is the caller's.
-        area != 0 && unsafe { arch::thin_list_push(area, base, cids, node, u64::from(max_len)) }
+        unsafe { arch::thin_list_push(area, base, cids, node, u64::from(max_len)) }
     }
 }
 
@@ -1409,10 +1424,7 @@ impl<'a> PayloadSite<'a> {
         }
         // The thin sections' thread-local: the area, indexed by `mm_cid` at its fixed
         // offset (other threads take `push`).
-        let area = thin_area();
-        if area == 0 {
-            return None;
-        }
+        let area = hot_area()?;
         let index = area + crate::rseq::abi::offset::MM_CID;
         let args = self.args(src, count);
         let chunk = self.tail.chunk;

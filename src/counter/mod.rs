@@ -178,17 +178,22 @@ impl Shards {
             if self.thin.add(n) {
                 return;
             }
-        } else if let Some(idx) = self.thin.add_index(n) {
-            // SAFETY: the section just committed on `idx`, the words hold
-            // `CARRIED + 1` words, and `self` keeps them alive.
-            let (v, c) = unsafe {
-                (
-                    self.thin.unit_word(idx, 0),
-                    self.thin.unit_word(idx, CARRIED),
-                )
-            };
-            self.carry_words(v, c);
-            return;
+        } else {
+            // Laid out after the plain add, which stays the straight line: a taken
+            // branch per plain add cost 5-15% (1.07-1.27 ns against 1.00-1.05).
+            cid::cold_path();
+            if let Some(idx) = self.thin.add_index(n) {
+                // SAFETY: the section just committed on `idx`, the words hold
+                // `CARRIED + 1` words, and `self` keeps them alive.
+                let (v, c) = unsafe {
+                    (
+                        self.thin.unit_word(idx, 0),
+                        self.thin.unit_word(idx, CARRIED),
+                    )
+                };
+                self.carry_words(v, c);
+                return;
+            }
         }
         self.add_slow(n);
     }
