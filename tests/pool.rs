@@ -278,6 +278,40 @@ fn buffers_keep_their_capacity() {
     assert_eq!(b.as_ptr(), heap, "the buffer was reallocated");
 }
 
+/// A pool of values with drop glue (which may own memory: here 1 MiB buffers) makes
+/// one batch per grow, not a page of them; a pool of plain values fills the page.
+#[test]
+fn a_grow_makes_one_batch_of_values_that_own_memory() {
+    static MADE: AtomicUsize = AtomicUsize::new(0);
+    let pool = Pool::builder(|| {
+        MADE.fetch_add(1, Ordering::Relaxed);
+        vec![0u8; 1 << 20]
+    })
+    .capacity(8)
+    .batch(3)
+    .build()
+    .unwrap();
+    let first = pool.get();
+    assert_eq!(pool.created(), 3, "one grow, one batch");
+    assert_eq!(MADE.load(Ordering::Relaxed), 3, "init ran once per object");
+    let held: Vec<_> = (0..3).map(|_| pool.get()).collect();
+    // The fourth get grew again (and a thread that moved to another cid's cache may
+    // have grown once more): whole batches either way.
+    let created = pool.created();
+    assert!(created >= 6 && created % 3 == 0, "{created} objects");
+    assert_eq!(MADE.load(Ordering::Relaxed), created);
+    drop((first, held));
+    assert_eq!(pool.idle(), created);
+
+    let plain = Pool::builder(|| 0u64).capacity(8).batch(3).build().unwrap();
+    drop(plain.get());
+    assert!(
+        plain.created() > 3,
+        "a plain value's slab fills its page ({} objects)",
+        plain.created()
+    );
+}
+
 #[test]
 fn bounded_try_get() {
     let pool = Pool::builder(|| 0u64).max_objects(3).build().unwrap();

@@ -33,9 +33,11 @@
 //! A long-running service's pool gives memory back after a burst, with no call and
 //! no timer thread, as tcmalloc's central free lists and mimalloc's purge delay do:
 //!
-//! * The pool grows by **slabs**: one anonymous mapping each (a header, then as many
-//!   objects as fill its pages, at least a batch), so a freed slab's memory leaves
-//!   the process at once.
+//! * The pool grows by **slabs**: one anonymous mapping each (a header, then the
+//!   objects), so a freed slab's memory leaves the process at once. A slab of a `T`
+//!   with drop glue (a buffer, a connection: a value that may own more than its
+//!   bytes) holds exactly one batch; a slab of a plain `T` as many as fill its
+//!   pages, at least a batch.
 //! * A depot keeps whole batches up to a **keep bound**, and puts objects beyond it
 //!   on their slab's own free list. A slab whose objects are all there is *empty*.
 //! * The keep bound is [`PoolBuilder::keep_idle`] (default: two slabs) plus the
@@ -265,7 +267,21 @@ impl<T: Send> PoolBuilder<T> {
     }
 
     /// Objects moved between a cache and the depot at once (default: half the
-    /// capacity, at least 1).
+    /// capacity, at least 1). Also what one grow of the pool makes when `T` has
+    /// drop glue (see [Shrinking](crate::pool#shrinking)): for values that are
+    /// costly to make or hold memory of their own (connections, large buffers), a
+    /// small batch keeps the pool from making more than it is asked for.
+    ///
+    /// ```
+    /// let pool = percid::Pool::builder(|| vec![0u8; 1 << 20])
+    ///     .capacity(2)
+    ///     .batch(1)
+    ///     .build()
+    ///     .unwrap();
+    /// let buf = pool.get();
+    /// assert_eq!(buf.len(), 1 << 20);
+    /// assert_eq!(pool.created(), 1); // one buffer made, not a page of them
+    /// ```
     pub fn batch(mut self, batch: usize) -> Self {
         self.batch = Some(batch);
         self

@@ -234,15 +234,22 @@ pub(super) struct Slab<T> {
 unsafe impl<T: Send> Send for Slab<T> {}
 
 impl<T> Slab<T> {
-    /// How many slots a slab made for batches of `batch` holds: at least `batch`,
-    /// and as many as fill its whole pages.
+    /// How many slots a slab made for batches of `batch` holds: exactly `batch` for
+    /// a `T` with drop glue, which may own memory or a resource beyond its slot (a
+    /// buffer, a connection: filling a page with 100 `Vec`s of 1 MiB would make
+    /// 100 MiB on a pool's first get); as many as fill the slab's whole pages, and
+    /// at least `batch`, for a plain `T`, whose values are only their slots' bytes.
     pub(super) fn per_slab(batch: u64) -> u64 {
+        // A slab's chain is a packed list: its length has 16 bits (and the
+        // all-ones length is the drain token).
+        const MAX_CHAIN: u64 = 0xfffe;
+        if std::mem::needs_drop::<T>() {
+            return batch.min(MAX_CHAIN);
+        }
         let size = std::mem::size_of::<Slot<T>>() as u64;
         let off = slots_offset::<T>() as u64;
         let bytes = (off + batch * size).next_multiple_of(Self::granule() as u64);
-        // A slab's chain is a packed list: its length has 16 bits (and the
-        // all-ones length is the drain token).
-        ((bytes - off) / size).min(0xfffe)
+        ((bytes - off) / size).min(MAX_CHAIN)
     }
 
     /// The slab memory's granule: a page (a whole number of pages is mapped).
