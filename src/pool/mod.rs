@@ -270,7 +270,9 @@ impl<T: Send> PoolBuilder<T> {
     /// capacity, at least 1). Also what one grow of the pool makes when `T` has
     /// drop glue (see [Shrinking](crate::pool#shrinking)): for values that are
     /// costly to make or hold memory of their own (connections, large buffers), a
-    /// small batch keeps the pool from making more than it is asked for.
+    /// small batch keeps the pool from making more than it is asked for. (The slab's
+    /// memory is rounded up to whole pages, so small values with drop glue, short
+    /// `String`s say, pack denser with a larger batch.)
     ///
     /// ```
     /// let pool = percid::Pool::builder(|| vec![0u8; 1 << 20])
