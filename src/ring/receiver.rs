@@ -749,11 +749,8 @@ impl<T> Receiver<T> {
         if let Some((v, _)) = self.next_entry() {
             return Some(v);
         }
-        let v = self.spilled.pop_front();
-        self.chan
-            .spill_held
-            .store(self.spilled.len() as u64, Ordering::Relaxed);
-        v
+        // The batch is not empty: the branch at the top hands its first value out.
+        self.next_spilled()
     }
 
     /// Whether every ring known to the receiver has nothing published it has not
@@ -1041,7 +1038,6 @@ impl<T> Drop for Receiver<T> {
         }
         chan.tx.0.wake(u64::MAX);
         self.spilled.clear();
-        self.spill_first = false;
         // Dropped outside the lock: a value's drop may use the channel.
         let spilled = std::mem::take(&mut *lock(&chan.spill.0));
         drop(spilled);
